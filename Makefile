@@ -1,0 +1,55 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv if needed, then run the medloc_training pipeline on the embedded default
+#   make test   create .venv if needed, then lint and run the whole test suite (what .ci/run calls)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/medloc_training_local.yaml
+
+# Embedded default: ZenML and MLflow state stay inside the project unless the caller points them elsewhere.
+export ZENML_ANALYTICS_OPT_IN ?= false
+export ZENML_CONFIG_PATH ?= $(CURDIR)/.medloc/zenml/config
+export ZENML_LOCAL_STORES_PATH ?= $(CURDIR)/.medloc/zenml/stores
+export ZENML_DISABLE_INTERACTIVE_INPUT ?= true
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test test-fast lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.zen:
+	$(BIN)/zenml init >/dev/null
+
+run: setup .zen
+	$(BIN)/zenml pipeline run medloc_training -c $(CONFIG)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q --timeout=900
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python bench/data.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/curriculum.py
+
+clean:
+	rm -rf .medloc .zen

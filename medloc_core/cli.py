@@ -1,0 +1,60 @@
+"""The ``medloc`` command: one subcommand group per library area.
+
+Each area registers its own subparser through a ``register(subparsers)`` function in its module, so this
+file stays a table of contents. Heavy imports happen inside the command handlers, keeping ``--help`` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# (module, what it adds). Each module exposes ``register(subparsers) -> None``; a handler is stored with
+# ``parser.set_defaults(func=callable(args) -> int)``.
+COMMAND_MODULES = (
+    "medloc_core.data.cli",  # medloc data synth|ingest|preprocess
+    "medloc_core.training_cli",  # medloc build-tiny-model, medloc train
+    "medloc_core.registry_cli",  # medloc evaluate, predict, promote
+    "medloc_core.run_cli",  # medloc run (the pipeline), medloc schedule
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medloc",
+        description=(
+            "MedLoc: train vision-language models to localize findings in medical images with GRPO and a "
+            "performance-aware IoU curriculum (MedLoc-R1). Boxes are (x1, y1, x2, y2) pixels."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # an area not installed in this build
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Where MLflow and local state live, and one MLflow run per pipeline run.
+
+The embedded default keeps everything inside the project: ``MEDLOC_HOME`` (default ``./.medloc``) holds the
+MLflow SQLite store (``mlflow/mlflow.db``), MLflow artifacts (``mlflow/artifacts``), generated datasets and the
+tiny model. ``MLFLOW_TRACKING_URI``, when set, always wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "medloc"
+RUN_ID_TAG = "medloc.pipeline_run_id"
+
+
+def medloc_home() -> Path:
+    """The folder for local state (``$MEDLOC_HOME`` or ``./.medloc``), created on first use."""
+    home = Path(os.environ.get("MEDLOC_HOME", Path.cwd() / ".medloc")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else a SQLite file under :func:`medloc_home`."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = medloc_home() / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def configure_mlflow(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at :func:`tracking_uri` and make sure the experiment exists; return its id.
+
+    With a local SQLite store the experiment is created with an artifact location under ``MEDLOC_HOME``:
+    MLflow's default would be ``./mlruns`` in whatever the working directory happens to be.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is not None:
+        mlflow.set_experiment(experiment_id=existing.experiment_id)
+        return existing.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:") or uri.startswith("file:"):
+        artifact_location = (medloc_home() / "mlflow" / "artifacts").as_uri()
+    elif os.environ.get("MEDLOC_MLFLOW_ARTIFACT_LOCATION"):
+        artifact_location = os.environ["MEDLOC_MLFLOW_ARTIFACT_LOCATION"]
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextmanager
+def pipeline_run(
+    run_key: str, run_name: str, tags: Mapping[str, str] | None = None
+) -> Iterator[Any]:
+    """Start or resume the single MLflow run that belongs to one pipeline run.
+
+    ``run_key`` identifies the pipeline run (the ZenML run id); every step that enters this context with the same
+    key logs into the same MLflow run. If an MLflow run is already active (ZenML's MLflow experiment tracker
+    started it), that run is used as is.
+    """
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        mlflow.set_tag(RUN_ID_TAG, run_key)
+        yield active
+        return
+    experiment_id = configure_mlflow()
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{run_key}'",
+        output_format="list",
+        max_results=1,
+    )
+    run_id = found[0].info.run_id if found else None
+    all_tags = {RUN_ID_TAG: run_key, **dict(tags or {})}
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=all_tags) as run:
+        yield run

@@ -1,0 +1,1 @@
+"""ZenML pipelines: thin tables of contents over the steps in ``steps/``."""
