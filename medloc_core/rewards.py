@@ -1,0 +1,455 @@
+"""GRPO reward functions with TRL's signature, the reward tracker, and MedGRPO's cross-dataset normalization.
+
+Every reward function is called by TRL 1.16 as ``f(prompts=..., completions=..., completion_ids=...,
+**dataset_columns, trainer_state=..., log_extra=..., log_metric=...)`` and returns one float per completion.
+Completions are plain strings or chat lists ``[{"role": "assistant", "content": "..."}]``.
+The ground-truth column ``bbox`` holds ``[x1, y1, x2, y2]`` in **model-input-frame pixels** (the frame the
+model answers in, see ``medloc_core.boxes``); the optional column ``dataset`` names each sample's dataset.
+
+TRL names log keys after ``__name__`` (``rewards/<name>/mean``), so every factory sets a meaningful one.
+An unparseable answer scores 0 and is **counted**: the count goes to the :class:`RewardTracker` and, when
+TRL passes ``log_metric``, to the ``parse_failure_rate`` metric (with ``iou/mean``).
+
+Only numpy is imported here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medloc_core.boxes import iou, parse_box
+
+RewardFunc = Callable[..., list[float | None]]
+
+
+# ------------------------------------------------------------------------------------------- completions
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: a str, a message dict, or a chat list (the last assistant message).
+
+    Message content may be a string or a list of parts (``{"type": "text", "text": ...}``).
+    Raises TypeError for any other shape (a wiring bug, not a model output).
+    """
+    if isinstance(completion, str):
+        return completion
+    # fast path for TRL's shape: [{"role": "assistant", "content": "..."}]
+    if type(completion) is list and len(completion) == 1 and type(completion[0]) is dict:
+        content = completion[0].get("content", "")
+        if isinstance(content, str):
+            return content
+    if isinstance(completion, Mapping):
+        return _content_text(completion.get("content", ""))
+    if isinstance(completion, Sequence):
+        messages = [m for m in completion if isinstance(m, Mapping)]
+        if len(messages) != len(completion):
+            raise TypeError(f"completion list must hold message dicts, got {completion!r:.200}")
+        if not messages:
+            return ""
+        assistant = [m for m in messages if m.get("role", "assistant") == "assistant"]
+        return _content_text((assistant or messages)[-1].get("content", ""))
+    raise TypeError(f"completion must be a str or a chat message list, got {type(completion).__name__}")
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, Sequence):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping) and part.get("type", "text") == "text":
+                parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise TypeError(f"message content must be a str or a list of parts, got {type(content).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- tracker
+
+
+@dataclass
+class StepRecord:
+    """What the reward functions saw since the last :meth:`RewardTracker.pop_step`.
+
+    ``ious``, ``datasets``, ``parse_failures`` and ``completions`` come from the tracker's primary reward (the
+    first IoU reward that recorded, unless ``RewardTracker(primary=...)`` names one), so that two IoU rewards
+    sharing a tracker do not count a completion twice. ``per_reward`` has the counts of every reward name:
+    ``{"calls": int, "completions": int, "parse_failures": int}``.
+    """
+
+    ious: list[float] = field(default_factory=list)
+    datasets: list[str | None] = field(default_factory=list)
+    parse_failures: int = 0
+    completions: int = 0
+    per_reward: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def parse_failure_rate(self) -> float:
+        """parse_failures / completions (0.0 when nothing was recorded)."""
+        return self.parse_failures / self.completions if self.completions else 0.0
+
+    @property
+    def iou_mean(self) -> float:
+        """Mean IoU (0.0 when nothing was recorded)."""
+        return float(np.mean(self.ious)) if self.ious else 0.0
+
+    def ious_by_dataset(self) -> dict[str | None, list[float]]:
+        """dataset -> its IoUs, in call order."""
+        out: dict[str | None, list[float]] = {}
+        for value, name in zip(self.ious, self.datasets):
+            out.setdefault(name, []).append(value)
+        return out
+
+
+class RewardTracker:
+    """Collects IoUs, dataset names and parse failures from the reward calls of one training step.
+
+    Reward functions call :meth:`record`; the training loop calls :meth:`pop_step` once per optimizer step
+    (e.g. in a TrainerCallback) and feeds ``record.ious`` to the schedule. TRL may call a reward function
+    several times per optimizer step (gradient accumulation); the calls accumulate until the pop.
+    """
+
+    def __init__(self, primary: str | None = None) -> None:
+        self.primary = primary
+        self._current = StepRecord()
+        self.total_completions = 0
+        self.total_parse_failures = 0
+
+    def record(
+        self,
+        name: str,
+        ious: Sequence[float],
+        datasets: Sequence[str | None] | None,
+        parse_failures: int,
+    ) -> None:
+        """Add one reward call's results under reward ``name``."""
+        n = len(ious)
+        if datasets is not None and len(datasets) != n:
+            raise ValueError(f"RewardTracker.record({name!r}): {n} IoUs but {len(datasets)} dataset names")
+        counts = self._current.per_reward.setdefault(
+            name, {"calls": 0, "completions": 0, "parse_failures": 0}
+        )
+        counts["calls"] += 1
+        counts["completions"] += n
+        counts["parse_failures"] += parse_failures
+        if self.primary is None:
+            self.primary = name
+        if name != self.primary:
+            return
+        self._current.ious.extend(float(v) for v in ious)
+        self._current.datasets.extend(datasets if datasets is not None else [None] * n)
+        self._current.parse_failures += parse_failures
+        self._current.completions += n
+        self.total_completions += n
+        self.total_parse_failures += parse_failures
+
+    def peek(self) -> StepRecord:
+        """The current (unpopped) record, without resetting it."""
+        return self._current
+
+    def pop_step(self) -> StepRecord:
+        """Everything recorded since the last pop; starts a new record."""
+        out, self._current = self._current, StepRecord()
+        return out
+
+
+# ---------------------------------------------------------------------------------------- format reward
+
+
+def make_format_reward(
+    require_think: bool = True,
+    allow_floats: bool = True,
+    partial_credit: bool = False,
+    name: str = "format_reward",
+) -> RewardFunc:
+    """VLM-R1-style format reward (methods.md E3): 1.0 when the whole completion is
+    ``<think>...</think>`` (if ``require_think``) followed by ``<answer>...</answer>`` whose content holds a JSON
+    object ``{ ... [n, n, n, n] ... }``; else 0.0.
+
+    ``allow_floats``: numbers may be decimals or negative (VLM-R1 accepts only non-negative integers).
+    ``partial_credit``: 0.5 instead of 0.0 when the layout is wrong but :func:`parse_box` still finds a box.
+    """
+    num = r"-?\d+(?:\.\d+)?" if allow_floats else r"\d+"
+    box = rf"\[\s*{num}\s*,\s*{num}\s*,\s*{num}\s*,\s*{num}\s*\]"
+    answer = rf"<answer>[^<]*?\{{[^<]*?{box}[^<]*?\}}[^<]*?</answer>"
+    think = r"<think>.*?</think>\s*" if require_think else ""
+    pattern = re.compile(rf"\s*{think}{answer}\s*", re.DOTALL)
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        out = []
+        for c in completions:
+            text = completion_text(c)
+            if pattern.fullmatch(text):
+                out.append(1.0)
+            elif partial_credit and parse_box(text) is not None:
+                out.append(0.5)
+            else:
+                out.append(0.0)
+        return out
+
+    reward.__name__ = reward.__qualname__ = name
+    reward.__doc__ = f"Format reward (require_think={require_think}, allow_floats={allow_floats}, partial_credit={partial_credit})."
+    return reward
+
+
+format_reward = make_format_reward()
+
+
+# ------------------------------------------------------------------------------------------ IoU rewards
+
+
+def _ground_truth(kwargs: Mapping[str, Any], n: int, name: str) -> list[tuple[float, float, float, float]]:
+    if "bbox" not in kwargs:
+        raise ValueError(
+            f"{name}: the dataset has no 'bbox' column (TRL forwards dataset columns as keyword arguments; "
+            "keep GRPOConfig.remove_unused_columns=False)"
+        )
+    boxes = kwargs["bbox"]
+    if len(boxes) != n:
+        raise ValueError(f"{name}: {n} completions but {len(boxes)} 'bbox' values")
+    out = []
+    for i, b in enumerate(boxes):
+        try:
+            values = tuple(float(v) for v in b)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: bbox row {i} is not 4 numbers: {b!r}") from None
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{name}: bbox row {i} must be 4 finite numbers (x1, y1, x2, y2), got {b!r}")
+        out.append(values)
+    return out
+
+
+def _datasets(kwargs: Mapping[str, Any], n: int, name: str, required: bool) -> list[str | None] | None:
+    names = kwargs.get("dataset")
+    if names is None:
+        if required:
+            raise ValueError(f"{name}: a per-dataset schedule needs the 'dataset' column")
+        return None
+    if len(names) != n:
+        raise ValueError(f"{name}: {n} completions but {len(names)} 'dataset' values")
+    return list(names)
+
+
+def _score_ious(
+    completions: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    name: str,
+    tracker: RewardTracker | None,
+    *,
+    need_ds: bool,
+) -> tuple[list[float], list[str | None] | None]:
+    """Parse, compute IoU against ``bbox``, record in the tracker and log metrics. Unparseable -> IoU 0."""
+    n = len(completions)
+    gts = _ground_truth(kwargs, n, name)
+    datasets = _datasets(kwargs, n, name, need_ds)
+    ious, failures = [], 0
+    for c, gt in zip(completions, gts):
+        box = parse_box(completion_text(c))
+        if box is None:
+            failures += 1
+            ious.append(0.0)
+        else:
+            ious.append(iou(box, gt))
+    if tracker is not None:
+        tracker.record(name, ious, datasets, failures)
+    log_metric = kwargs.get("log_metric")
+    if callable(log_metric) and n:
+        log_metric("parse_failure_rate", failures / n)
+        log_metric("iou/mean", float(np.mean(ious)))
+    return ious, datasets
+
+
+def _thresholds(schedule: Any, datasets: list[str | None] | None, n: int, name: str) -> list[float]:
+    if hasattr(schedule, "threshold_for"):
+        assert datasets is not None
+        taus = [schedule.threshold_for(d) for d in datasets]
+    else:
+        taus = [schedule.threshold] * n
+    if any(t is None for t in taus):
+        raise ValueError(f"{name}: schedule {schedule.name!r} has no threshold; use make_raw_iou_reward")
+    return [float(t) for t in taus]
+
+
+def _is_per_dataset(schedule: Any) -> bool:
+    return hasattr(schedule, "threshold_for")
+
+
+def make_iou_threshold_reward(
+    schedule: Any, tracker: RewardTracker | None = None, name: str = "iou_accuracy_reward"
+) -> RewardFunc:
+    """Binary accuracy reward (methods.md E2): 1.0 if IoU >= tau else 0.0 (``>`` when ``schedule.ge`` is False).
+
+    tau is read from ``schedule.threshold`` at call time (or ``schedule.threshold_for(dataset)`` for a
+    :class:`~medloc_core.curriculum.PerDatasetSchedule`), so a raise applies to the next batch.
+    """
+    per_dataset = _is_per_dataset(schedule)
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset)
+        taus = _thresholds(schedule, datasets, len(ious), name)
+        ge = getattr(schedule, "ge", True)
+        return [1.0 if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def make_raw_iou_reward(tracker: RewardTracker | None = None, name: str = "raw_iou_reward") -> RewardFunc:
+    """Continuous IoU in [0, 1] as the reward (VLM-R1's current reward; MedLoc-R1's Raw-IoU baseline)."""
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        ious, _ = _score_ious(completions, kwargs, name, tracker, need_ds=False)
+        return ious
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def make_vtriune_reward(
+    schedule: Any, tracker: RewardTracker | None = None, name: str = "vtriune_iou_reward"
+) -> RewardFunc:
+    """V-Triune's single-box detection reward (methods.md §3): ``IoU * 1[IoU >= eps_t]`` with eps_t from the
+    schedule (normally a :class:`~medloc_core.curriculum.VTriuneSchedule`)."""
+    per_dataset = _is_per_dataset(schedule)
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset)
+        taus = _thresholds(schedule, datasets, len(ious), name)
+        ge = getattr(schedule, "ge", True)
+        return [u if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def make_iou_shaped_reward(
+    schedule: Any,
+    tracker: RewardTracker | None = None,
+    *,
+    band: float = 0.1,
+    credits: Sequence[float] = (0.5, 0.25, 0.125),
+    name: str = "iou_shaped_reward",
+) -> RewardFunc:
+    """Graded partial credit below the threshold: our adaptation to boxes of VRFT-Aug's "medically informed
+    reward shaping" (MFRS, methods.md §5), which gives partial credit that decays with the distance between the
+    predicted and the true ordinal grade.
+
+    Here the "grade distance" is how many bands of width ``band`` (IoU units) the IoU falls below tau:
+    reward = 1.0 if IoU >= tau, ``credits[d - 1]`` when ``0 < tau - IoU <= d * band`` for d = 1..len(credits),
+    else 0.0. A box that does not overlap the ground truth (IoU 0) and an unparseable answer score 0. With the defaults, at tau = 0.5 an IoU of 0.45 earns 0.5 and 0.35
+    earns 0.25.
+    """
+    if band <= 0:
+        raise ValueError(f"make_iou_shaped_reward: band must be > 0, got {band!r}")
+    credit_list = [float(c) for c in credits]
+    if any(not 0.0 <= c <= 1.0 for c in credit_list):
+        raise ValueError(f"make_iou_shaped_reward: credits must be in [0, 1], got {credit_list}")
+    per_dataset = _is_per_dataset(schedule)
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset)
+        taus = _thresholds(schedule, datasets, len(ious), name)
+        ge = getattr(schedule, "ge", True)
+        out = []
+        for u, t in zip(ious, taus):
+            if u >= t if ge else u > t:
+                out.append(1.0)
+                continue
+            # ceil with a tolerance so that a gap of exactly one band is grade 1, not 2.
+            grade = max(1, math.ceil((t - u) / band - 1e-9))
+            out.append(credit_list[grade - 1] if u > 0.0 and grade <= len(credit_list) else 0.0)
+        return out
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def make_reward_for_schedule(schedule: Any, tracker: RewardTracker | None = None) -> RewardFunc:
+    """The accuracy reward that matches a schedule: raw IoU for ``raw_iou``, V-Triune's for ``vtriune``, the
+    binary ``IoU >= tau`` for ``medloc``, ``fixed`` and per-dataset schedules."""
+    name = getattr(schedule, "name", "")
+    base = name.split(":", 1)[-1]
+    if base == "raw_iou":
+        return make_raw_iou_reward(tracker)
+    if base == "vtriune":
+        return make_vtriune_reward(schedule, tracker)
+    return make_iou_threshold_reward(schedule, tracker)
+
+
+# -------------------------------------------------------------------------------------------- MedGRPO
+
+
+def medgrpo_normalize(
+    x: Any, p25: Any, p50: Any, p75: Any, k: float = 3.0, eps: float = 1e-6
+) -> float | np.ndarray:
+    """MedGRPO's per-dataset logistic normalization (methods.md §4): ``1 / (1 + exp(-k (x - p50) / IQR))``.
+
+    ``IQR = p75 - p25``, floored at ``eps`` so a dataset whose quartiles coincide does not divide by 0.
+    Output is in [0, 1], 0.5 at the median. Vectorized (numpy broadcasting); returns a float for scalar input.
+    """
+    xa = np.asarray(x, dtype=np.float64)
+    iqr = np.maximum(np.asarray(p75, dtype=np.float64) - np.asarray(p25, dtype=np.float64), eps)
+    z = k * (xa - np.asarray(p50, dtype=np.float64)) / iqr
+    # 0.5 * (1 + tanh(z / 2)) is the logistic without overflow for large |z|.
+    out = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return float(out) if out.ndim == 0 else out
+
+
+def fit_medgrpo_stats(
+    values_by_dataset: Mapping[str, Sequence[float]],
+) -> dict[str, tuple[float, float, float]]:
+    """Quartiles ``(p25, p50, p75)`` of a raw metric per dataset (MedGRPO takes them from the SFT model's
+    predictions and keeps them fixed during RL)."""
+    out = {}
+    for name, values in values_by_dataset.items():
+        arr = np.asarray(list(values), dtype=np.float64)
+        if arr.size == 0:
+            raise ValueError(f"fit_medgrpo_stats: dataset {name!r} has no values")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"fit_medgrpo_stats: dataset {name!r} has non-finite values")
+        p25, p50, p75 = np.percentile(arr, [25.0, 50.0, 75.0])
+        out[name] = (float(p25), float(p50), float(p75))
+    return out
+
+
+def make_medgrpo_normalized_reward(
+    base_reward: RewardFunc,
+    stats: Mapping[str, tuple[float, float, float]],
+    *,
+    k: float = 3.0,
+    eps: float = 1e-6,
+    name: str | None = None,
+) -> RewardFunc:
+    """Wrap a reward so each sample's value goes through its dataset's MedGRPO logistic (needs ``dataset``).
+
+    ``stats``: dataset -> (p25, p50, p75), e.g. from :func:`fit_medgrpo_stats`. None rewards stay None.
+    """
+    table = {d: tuple(float(v) for v in q) for d, q in stats.items()}
+    reward_name = name or f"medgrpo_{getattr(base_reward, '__name__', 'reward')}"
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        raw = base_reward(prompts, completions, **kwargs)
+        datasets = _datasets(kwargs, len(raw), reward_name, required=True)
+        assert datasets is not None
+        out: list[float | None] = []
+        for i, (value, dataset) in enumerate(zip(raw, datasets)):
+            if value is None:
+                out.append(None)
+                continue
+            if dataset not in table:
+                raise ValueError(f"{reward_name}: row {i} has dataset {dataset!r} with no MedGRPO statistics")
+            p25, p50, p75 = table[dataset]
+            out.append(float(medgrpo_normalize(value, p25, p50, p75, k=k, eps=eps)))
+        return out
+
+    reward.__name__ = reward.__qualname__ = reward_name
+    return reward

@@ -1,0 +1,1 @@
+"""ZenML steps: short typed wrappers that call into ``medloc_core``."""

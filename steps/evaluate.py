@@ -1,0 +1,52 @@
+"""Evaluation step: A@0.5, A@0.8, pseudo-mAP, mIoU with bootstrap CIs, for the trained and the base model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from steps.mlflow_run import run_folder, step_mlflow_run
+
+logger = logging.getLogger(__name__)
+
+
+@step
+def evaluate_model(
+    prepared: pd.DataFrame, model_dir: Path, base_model: str, config: dict | None = None
+) -> tuple[Annotated[dict, "metrics"], Annotated[dict, "base_metrics"]]:
+    """Evaluate on the held-out split; log metrics, predictions and a grid of boxes drawn on test images."""
+    import mlflow
+
+    from medloc_core.evaluation import evaluate_model as evaluate
+    from medloc_core.evaluation import log_prediction_grid
+
+    config = dict(config or {})
+    split = config.get("split", "test")
+    options = {
+        "split": split,
+        "max_new_tokens": int(config.get("max_new_tokens", 64)),
+        "batch_size": int(config.get("batch_size", 8)),
+        "n_boot": int(config.get("n_boot", 1000)),
+    }
+    folder = run_folder("evaluation")
+    with step_mlflow_run():
+        metrics, predictions = evaluate(str(model_dir), prepared, **options)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        predictions.to_csv(folder / "predictions.csv", index=False)
+        mlflow.log_artifact(str(folder / "predictions.csv"), artifact_path="evaluation")
+        log_prediction_grid(prepared, predictions, folder / "test_predictions.png")
+        mlflow.log_artifact(str(folder / "test_predictions.png"), artifact_path="plots")
+
+        base_metrics: dict = {}
+        if config.get("evaluate_base", True):
+            base_metrics, base_predictions = evaluate(base_model, prepared, **options)
+            mlflow.log_metrics({k.replace("eval/", "eval_base/", 1): float(v) for k, v in base_metrics.items()})
+            base_predictions.to_csv(folder / "base_predictions.csv", index=False)
+            mlflow.log_artifact(str(folder / "base_predictions.csv"), artifact_path="evaluation")
+    headline = {k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics}
+    logger.info("Evaluation (%s split): %s", split, headline)
+    return metrics, base_metrics

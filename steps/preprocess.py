@@ -1,0 +1,34 @@
+"""Preprocessing step: group-aware split, prompts, and ground truth in the model-input frame."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from steps.mlflow_run import step_mlflow_run
+
+
+@step
+def preprocess_data(
+    records: pd.DataFrame, ingest_report: dict, config: dict | None = None
+) -> tuple[Annotated[pd.DataFrame, "prepared"], Annotated[dict, "manifest"]]:
+    """Split by patient/lesion group, build prompts, add input-frame boxes; return the table and a manifest."""
+    import mlflow
+
+    from medloc_core.data.preprocess import preprocess
+
+    config = dict(config or {})
+    if "split_fractions" in config:
+        config["split_fractions"] = tuple(config["split_fractions"])
+    prepared, manifest = preprocess(records, **config)
+    manifest["ingest"] = {k: ingest_report[k] for k in ("input_rows", "records", "quarantined", "hash")}
+    manifest["hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+    with step_mlflow_run():
+        counts = prepared["split"].value_counts().to_dict()
+        mlflow.log_metrics({f"data/split/{name}": float(n) for name, n in counts.items()})
+        mlflow.log_param("data.manifest_hash", manifest["hash"])
+    return prepared, manifest

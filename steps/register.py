@@ -1,0 +1,58 @@
+"""Registration step: log the model to the MLflow registry as a challenger, promote it through the gate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from steps.mlflow_run import run_folder, step_mlflow_run
+
+logger = logging.getLogger(__name__)
+
+
+@step
+def register_model(
+    model_dir: Path,
+    metrics: dict,
+    base_metrics: dict,
+    manifest: dict,
+    quarantine: pd.DataFrame,
+    training_summary: dict,
+    config: dict | None = None,
+) -> Annotated[dict, "promotion"]:
+    """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
+    import mlflow
+
+    from medloc_core import registry
+
+    config = dict(config or {})
+    folder = run_folder("registration")
+    with step_mlflow_run() as run:
+        quarantine.to_csv(folder / "quarantine.csv", index=False)
+        mlflow.log_artifact(str(folder / "quarantine.csv"), artifact_path="data")
+        mlflow.log_dict(manifest, "data/manifest.json")
+        if not config.get("register", True):
+            return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
+        version = registry.log_and_register(
+            model_dir, metrics, run_id=run.info.run_id, eval_set_hash=str(manifest.get("hash", ""))
+        )
+        decision = registry.promote_if_better(
+            version,
+            margin=float(config.get("margin", 0.0)),
+            metric=config.get("metric", "eval/A@0.5"),
+            base_metrics=base_metrics if config.get("require_beats_base", True) else None,
+        )
+    result = {
+        "registered": True,
+        "model_name": registry.MODEL_NAME,
+        "version": int(version),
+        "promoted": bool(decision.promote),
+        "reasons": list(decision.reasons),
+    }
+    logger.info("Registered %s version %s; promoted to champion: %s (%s)", registry.MODEL_NAME, version,
+                decision.promote, "; ".join(decision.reasons))
+    return result

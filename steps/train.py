@@ -1,0 +1,84 @@
+"""Training step: GRPO with the MedLoc curriculum (``medloc_core.training``), traced into MLflow per step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from medloc_core import tracking
+from steps.mlflow_run import step_mlflow_run
+
+logger = logging.getLogger(__name__)
+
+
+def _flatten(prefix: str, value: object, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+def training_folder(config: dict, manifest: dict) -> Path:
+    """A folder keyed by (config, data): re-running after a crash resumes from its last checkpoint."""
+    key = hashlib.sha256(
+        json.dumps({"config": config, "data": manifest.get("hash")}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+    folder = tracking.medloc_home() / "runs" / f"train-{key}"
+    if (folder / "final").exists():  # a finished run with the same key: train again from scratch
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@step
+def train_model(
+    prepared: pd.DataFrame, manifest: dict, config: dict | None = None
+) -> tuple[
+    Annotated[Path, "model_dir"],
+    Annotated[str, "base_model"],
+    Annotated[dict, "training_summary"],
+]:
+    """Fine-tune the policy with GRPO; log params, the per-step curriculum trace and training plots."""
+    import mlflow
+
+    from medloc_core import plots
+    from medloc_core.training import TrainingConfig, train
+
+    config = dict(config or {})
+    train_config = TrainingConfig.from_dict(config)
+    folder = training_folder(config, manifest)
+    with step_mlflow_run():
+        params = _flatten("training", config, {})
+        params["data.manifest_hash"] = str(manifest.get("hash", ""))
+        mlflow.log_params(params)
+        result = train(prepared, train_config, folder)
+        for name, make in (
+            ("rewards.png", plots.plot_rewards),
+            ("curriculum.png", plots.plot_curriculum),
+            ("dead_groups.png", plots.plot_dead_groups),
+        ):
+            figure = make(result.history)
+            mlflow.log_figure(figure, f"plots/{name}")
+        mlflow.log_artifact(str(Path(folder) / "history.jsonl"), artifact_path="training")
+        summary = {
+            "steps": result.steps,
+            "final_threshold": result.final_threshold,
+            "num_raises": result.num_raises,
+            "seconds_per_step": result.seconds_per_step,
+            "peak_rss_mb": result.peak_rss_mb,
+            "schedule": train_config.schedule,
+        }
+        mlflow.log_metrics({f"train/summary/{k}": float(v) for k, v in summary.items() if k != "schedule"})
+    logger.info("Training finished: %s", summary)
+    # The base (the policy GRPO started from: the hub id, or the SFT warm-up folder) travels as a name/path,
+    # not a copy: a 3B base model is not worth duplicating into the artifact store.
+    return Path(result.model_dir), str(result.base_model), summary
