@@ -37,7 +37,10 @@ def materialize_synthetic(root: Path, synth: Mapping[str, Any]) -> None:
 
 
 def ingest_sources(
-    sources: Sequence[Mapping[str, Any]], *, max_quarantine_fraction: float = 0.2, base_dir: Path | None = None
+    sources: Sequence[Mapping[str, Any]],
+    *,
+    max_quarantine_fraction: float = 0.2,
+    base_dir: Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Read every source; return ``(records, quarantine, report)``.
 
