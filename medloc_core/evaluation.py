@@ -1,0 +1,365 @@
+"""Grounding metrics (MedLoc-R1 E11) with bootstrap confidence intervals, and model evaluation on a split.
+
+Metrics (``research/methods.md`` §1(b) E11), one predicted box per test query:
+
+* ``A@τ`` = 100 · mean(IoU ≥ τ), in **percent** like the paper. ``≥`` is used, as in training (assumption A8;
+  VLM-R1's evaluation uses ``>``, which differs only for IoUs exactly equal to τ).
+* ``pseudo-mAP`` = mean of A@τ over τ ∈ {0.50, 0.55, …, 0.95} (10 thresholds), in percent. There are no
+  confidence scores, so this is not COCO AP.
+* ``mIoU`` = mean IoU, in [0, 1].
+* ``parse_failure_rate`` = fraction of answers with no parseable box, in [0, 1]. An unparseable answer
+  counts as IoU 0 (a miss) in every other metric.
+
+Metric keys follow ``design/system.md``: ``eval/A@0.5``, ``eval/A@0.8``, ``eval/pseudo_mAP``, ``eval/mIoU``,
+``eval/parse_failure_rate`` and per dataset ``eval/<dataset>/A@0.5`` …; 95 % bootstrap intervals as
+``<key>_ci_low`` / ``<key>_ci_high``. MLflow rejects ``@`` in metric and tag names, so log them through
+:func:`mlflow_metrics`, which maps ``@`` to ``_at_`` (``eval/A@0.5`` → ``eval/A_at_0.5``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+PSEUDO_MAP_THRESHOLDS: tuple[float, ...] = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))
+HEADLINE_THRESHOLDS: tuple[float, ...] = (0.5, 0.8)
+CI_LEVEL = 0.95
+DEFAULT_N_BOOT = 1000
+PREFIX = "eval"
+PRED_COLUMNS = ("pred_x1", "pred_y1", "pred_x2", "pred_y2")
+
+_INVALID_MLFLOW_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def _as_ious(ious: Any) -> np.ndarray:
+    arr = np.asarray(ious, dtype=np.float64).reshape(-1)
+    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0):
+        bad = int(np.flatnonzero(~np.isfinite(arr) | (arr < 0.0) | (arr > 1.0))[0])
+        raise ValueError(f"IoUs must be finite values in [0, 1]; index {bad} is {arr[bad]!r}")
+    return arr
+
+
+def accuracy_at(ious: Any, tau: float) -> float:
+    """A@τ in percent: 100 · fraction of IoUs with ``IoU >= tau`` (``>=``: assumption A8). NaN if empty."""
+    arr = _as_ious(ious)
+    if arr.size == 0:
+        return float("nan")
+    return float(100.0 * np.mean(arr >= tau))
+
+
+def pseudo_map(ious: Any) -> float:
+    """Mean of A@τ over τ = 0.50, 0.55, …, 0.95, in percent (MedLoc-R1's "mAP"). NaN if empty."""
+    arr = _as_ious(ious)
+    if arr.size == 0:
+        return float("nan")
+    thresholds = np.asarray(PSEUDO_MAP_THRESHOLDS)
+    return float(100.0 * np.mean(arr[:, None] >= thresholds[None, :]))
+
+
+def mean_iou(ious: Any) -> float:
+    """Mean IoU in [0, 1]. NaN if empty."""
+    arr = _as_ious(ious)
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def bootstrap_ci(
+    values: Any,
+    stat_fn: Callable[[np.ndarray], float],
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat_fn`` over ``values`` (resampled with replacement).
+
+    Deterministic for a given ``seed``. Returns ``(low, high)`` in the units of ``stat_fn``;
+    ``(nan, nan)`` for an empty sample.
+    """
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if arr.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arr.size, size=(n_boot, arr.size))
+    stats = np.fromiter((stat_fn(arr[row]) for row in idx), dtype=np.float64, count=n_boot)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
+def _metric_fns() -> dict[str, Callable[[np.ndarray], float]]:
+    fns: dict[str, Callable[[np.ndarray], float]] = {}
+    for tau in HEADLINE_THRESHOLDS:
+        fns[f"A@{tau:g}"] = lambda a, t=tau: accuracy_at(a, t)
+    fns["pseudo_mAP"] = pseudo_map
+    fns["mIoU"] = mean_iou
+    return fns
+
+
+def _group_metrics(
+    prefix: str, ious: np.ndarray, failed: np.ndarray, *, n_boot: int, seed: int
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, fn in _metric_fns().items():
+        key = f"{prefix}/{name}"
+        out[key] = fn(ious)
+        if n_boot > 0:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = bootstrap_ci(ious, fn, n_boot=n_boot, seed=seed)
+    out[f"{prefix}/parse_failure_rate"] = float(failed.mean()) if failed.size else float("nan")
+    out[f"{prefix}/n"] = float(ious.size)
+    return out
+
+
+def evaluate_ious(
+    ious: Sequence[float] | np.ndarray,
+    datasets: Sequence[str] | None = None,
+    parse_failed: Sequence[bool] | np.ndarray | None = None,
+    *,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    prefix: str = PREFIX,
+) -> dict[str, float]:
+    """All metrics, overall and per dataset, from one IoU per test query.
+
+    ``ious``: IoU of each prediction with its ground truth, in [0, 1]; a parse failure must be passed as 0.
+    ``datasets``: the dataset name of each query (per-dataset keys ``eval/<dataset>/...``); None = overall only.
+    ``parse_failed``: True where the answer had no parseable box.
+
+    Returns ``eval/A@0.5``, ``eval/A@0.8``, ``eval/pseudo_mAP`` (percent), ``eval/mIoU`` (0-1),
+    ``eval/parse_failure_rate`` (0-1), ``eval/n`` (count), the bootstrap bounds ``<key>_ci_low/_ci_high``
+    (``n_boot=0`` skips them) and the same under ``eval/<dataset>/``.
+    """
+    arr = _as_ious(ious)
+    n = arr.size
+    failed = (
+        np.zeros(n, dtype=bool) if parse_failed is None else np.asarray(parse_failed, dtype=bool).reshape(-1)
+    )
+    if failed.size != n:
+        raise ValueError(f"parse_failed has {failed.size} entries for {n} IoUs")
+    if np.any(arr[failed] != 0.0):
+        bad = int(np.flatnonzero(failed & (arr != 0.0))[0])
+        raise ValueError(f"index {bad}: a parse failure must have IoU 0, got {arr[bad]!r}")
+    metrics = _group_metrics(prefix, arr, failed, n_boot=n_boot, seed=seed)
+    if datasets is not None:
+        names = np.asarray([str(d) for d in datasets], dtype=object)
+        if names.size != n:
+            raise ValueError(f"datasets has {names.size} entries for {n} IoUs")
+        for name in sorted(set(names.tolist())):
+            if not name or "/" in name:
+                raise ValueError(
+                    f"dataset name {name!r} cannot be used in a metric key (empty or contains '/')"
+                )
+            mask = names == name
+            metrics.update(
+                _group_metrics(f"{prefix}/{name}", arr[mask], failed[mask], n_boot=n_boot, seed=seed)
+            )
+    return metrics
+
+
+def mlflow_key(key: str) -> str:
+    """A metric key MLflow accepts: ``@`` → ``_at_``, other characters MLflow rejects → ``_``."""
+    return _INVALID_MLFLOW_CHARS.sub("_", key.replace("@", "_at_"))
+
+
+def mlflow_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``metrics`` with MLflow-safe keys (see :func:`mlflow_key`); NaN values are dropped (MLflow UI)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        value = float(value)
+        if math.isnan(value):
+            continue
+        safe = mlflow_key(key)
+        if safe in out:
+            raise ValueError(f"metric keys collide after sanitising for MLflow: {key!r} -> {safe!r}")
+        out[safe] = value
+    return out
+
+
+def metrics_table(metrics_by_model: Mapping[str, Mapping[str, float]], *, prefix: str = PREFIX) -> str:
+    """A plain-text table: one row per (model, group), columns A@0.5 A@0.8 pseudo_mAP mIoU parse_fail n.
+
+    With two or more models the first is the reference and the gain of the others over it is visible row by
+    row (the pipeline passes ``{"base": ..., "trained": ...}``).
+    """
+    columns = ["A@0.5", "A@0.8", "pseudo_mAP", "mIoU", "parse_failure_rate", "n"]
+    headers = ["model", "group", "A@0.5 %", "A@0.8 %", "pmAP %", "mIoU", "parse_fail", "n"]
+    rows: list[list[str]] = []
+    for model, metrics in metrics_by_model.items():
+        groups = sorted(
+            {
+                k[len(prefix) + 1 :].rsplit("/", 1)[0]
+                for k in metrics
+                if k.count("/") == 2 and k.startswith(prefix)
+            }
+        )
+        for group in ["all", *groups]:
+            base = prefix if group == "all" else f"{prefix}/{group}"
+            cells = [model, group]
+            for col in columns:
+                value = metrics.get(f"{base}/{col}")
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    cells.append("-")
+                elif col == "n":
+                    cells.append(str(int(value)))
+                elif col in ("mIoU", "parse_failure_rate"):
+                    cells.append(f"{value:.3f}")
+                else:
+                    low = metrics.get(f"{base}/{col}_ci_low")
+                    high = metrics.get(f"{base}/{col}_ci_high")
+                    ci = f" [{low:.1f},{high:.1f}]" if low is not None and high is not None else ""
+                    cells.append(f"{value:.2f}{ci}")
+            rows.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- model evaluation
+
+_REQUIRED_COLUMNS = ("record_id", "dataset", "image_path", "x1", "y1", "x2", "y2")
+
+
+def _prompt_texts(df: pd.DataFrame) -> list[str]:
+    if "prompt_text" in df.columns:
+        return [str(t) for t in df["prompt_text"]]
+    from medloc_core.prompts import build_prompt_text
+
+    if "query" not in df.columns:
+        raise ValueError("prepared data needs a 'prompt_text' or a 'query' column")
+    return [build_prompt_text(str(q)) for q in df["query"]]
+
+
+def evaluate_model(
+    model_dir_or_name: str | Path,
+    prepared_df: pd.DataFrame,
+    split: str | None = "test",
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 4,
+    device: str = "cpu",
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    limit: int | None = None,
+    predictor: Any = None,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Greedy-decode one box per query of ``split`` and score it against the ground truth.
+
+    ``prepared_df``: preprocessed records (``record_id, dataset, image_path, x1..y2`` in original pixels, and
+    ``prompt_text`` or ``query``; ``split`` when a split is selected). ``split=None`` uses every row.
+    ``predictor`` (a :class:`medloc_core.inference.BoxPredictor`) can be passed to reuse a loaded model.
+
+    Returns ``(metrics, predictions)``; ``predictions`` has ``record_id, dataset, completion, pred_x1..pred_y2``
+    (original-image pixels, NaN when unparsed), ``iou`` (0 when unparsed) and ``parsed``.
+    """
+    from PIL import Image
+
+    from medloc_core.boxes import iou
+    from medloc_core.inference import BoxPredictor
+
+    missing = [c for c in _REQUIRED_COLUMNS if c not in prepared_df.columns]
+    if missing:
+        raise ValueError(f"prepared data lacks columns {missing}; it has {list(prepared_df.columns)}")
+    df = prepared_df
+    if split is not None:
+        if "split" not in df.columns:
+            raise ValueError(f"split={split!r} requested but the data has no 'split' column")
+        df = df[df["split"] == split]
+    if limit is not None:
+        df = df.head(limit)
+    if df.empty:
+        raise ValueError(f"no rows to evaluate (split={split!r}, {len(prepared_df)} rows in total)")
+    df = df.reset_index(drop=True)
+
+    if predictor is None:
+        predictor = BoxPredictor(model_dir_or_name, device=device, max_new_tokens=max_new_tokens)
+    prompts = _prompt_texts(df)
+    images = []
+    for i, path in enumerate(df["image_path"]):
+        try:
+            with Image.open(path) as img:
+                images.append(img.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"row {i} (record_id={df['record_id'][i]!r}): cannot open image {path!r}: {exc}"
+            ) from exc
+    outputs = predictor.predict(images, prompts, batch_size=batch_size)
+
+    rows = []
+    for i, out in enumerate(outputs):
+        gt = tuple(float(df[c][i]) for c in ("x1", "y1", "x2", "y2"))
+        pred = out["box_original"]
+        parsed = pred is not None
+        rows.append(
+            {
+                "record_id": df["record_id"][i],
+                "dataset": df["dataset"][i],
+                "completion": out["completion"],
+                **{
+                    c: (float(v) if parsed else float("nan"))
+                    for c, v in zip(PRED_COLUMNS, pred or (0, 0, 0, 0))
+                },
+                "iou": iou(pred, gt) if parsed else 0.0,
+                "parsed": parsed,
+            }
+        )
+    predictions = pd.DataFrame(rows)
+    metrics = evaluate_ious(
+        predictions["iou"].to_numpy(),
+        predictions["dataset"].astype(str).tolist(),
+        ~predictions["parsed"].to_numpy(dtype=bool),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    logger.info(
+        "evaluated %d queries (split=%s): A@0.5=%.2f%% A@0.8=%.2f%% mIoU=%.3f parse failures=%.1f%%",
+        len(predictions),
+        split,
+        metrics["eval/A@0.5"],
+        metrics["eval/A@0.8"],
+        metrics["eval/mIoU"],
+        100 * metrics["eval/parse_failure_rate"],
+    )
+    return metrics, predictions
+
+
+def log_prediction_grid(
+    prepared_df: pd.DataFrame, predictions: pd.DataFrame, path: str | Path, *, max_images: int = 8
+) -> Path:
+    """Write the grid of test images with ground-truth (green) and predicted (red) boxes to ``path`` (PNG).
+
+    ``predictions`` is :func:`evaluate_model`'s second output; see ``plots.plot_predictions_from_frames``.
+    """
+    from medloc_core.plots import plot_predictions_from_frames
+
+    plot_predictions_from_frames(prepared_df, predictions, path, max_images=max_images)
+    return Path(path)
+
+
+def eval_set_hash(prepared_df: pd.DataFrame, split: str | None = "test") -> str:
+    """A short content hash of the evaluation set (record ids, datasets, boxes): equal hash ⇒ same test set.
+
+    The promotion gate compares versions only when their metrics were computed on the same hash.
+    """
+    import hashlib
+
+    df = prepared_df if split is None else prepared_df[prepared_df["split"] == split]
+    cols = [c for c in ("record_id", "dataset", "x1", "y1", "x2", "y2") if c in df.columns]
+    if "record_id" not in cols:
+        raise ValueError("eval_set_hash needs a 'record_id' column")
+    body = df[cols].sort_values("record_id").to_csv(index=False, float_format="%.3f")
+    return hashlib.sha256(body.encode()).hexdigest()[:16]

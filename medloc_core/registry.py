@@ -1,0 +1,571 @@
+"""MLflow model registry: the ``medloc-grounder`` pyfunc model, registration, and the promotion gate.
+
+* :func:`decide_promotion` is the pure rule: promote a candidate to ``champion`` only if it beats the base
+  model and beats the current champion by more than a margin on the same metric.
+* :class:`MedLocGrounderModel` is the MLflow pyfunc that predicts boxes from ``image`` + ``query`` columns.
+* :func:`log_and_register` logs the model folder (weights + processor) as a pyfunc, registers it as
+  ``medloc-grounder``, sets alias ``challenger`` and stores the evaluation metrics and the evaluation-set hash as
+  version tags.
+* :func:`promote_if_better` applies the rule against the current champion's tags, records the decision and
+  moves alias ``champion`` when it passes.
+
+Metric values are in the units of :mod:`medloc_core.evaluation` (A@τ and pseudo-mAP in percent, mIoU 0-1).
+MLflow rejects ``@`` in tag names, so metric ``eval/A@0.5`` is stored as tag ``eval/A_at_0.5``
+(``evaluation.mlflow_key``) and read back with the inverse mapping. Predicted boxes are ``(x1, y1, x2, y2)`` in
+original-image pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
+
+from medloc_core.evaluation import mlflow_key
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "medloc-grounder"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EXPERIMENT = "medloc"
+DEFAULT_METRIC = "eval/A@0.5"
+
+MODEL_ARTIFACT = "model"  # key of the model folder in the pyfunc's artifacts
+TAG_EVAL_SET_HASH = "medloc.eval_set_hash"
+TAG_RUN_ID = "medloc.run_id"
+TAG_DECISION = "medloc.promotion.decision"
+TAG_REASONS = "medloc.promotion.reasons"
+TAG_ANSWER_STYLE = "medloc.answer_style"
+BASE_PREFIX = "base/"  # base-model metrics are stored as tags ``base/eval/...``
+METRIC_TAG_PREFIX = "eval/"
+_MAX_TAG_VALUE = 5000
+
+OUTPUT_COLUMNS = ("x1", "y1", "x2", "y2", "completion", "parsed")
+
+
+# ------------------------------------------------------------------------------------- promotion rule
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Whether to promote, and why (one human-readable sentence per check, in order)."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
+    if metrics is None or metric not in metrics:
+        return None
+    try:
+        value = float(metrics[metric])
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def decide_promotion(
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    base: Mapping[str, Any] | None,
+    *,
+    metric: str = DEFAULT_METRIC,
+    margin: float = 0.0,
+    require_beats_base: bool = True,
+) -> PromotionDecision:
+    """The promotion gate, as a pure function of metric dicts (keys as in ``evaluation.evaluate_ious``).
+
+    Promote iff all hold:
+
+    1. the candidate has a finite ``metric``;
+    2. with ``require_beats_base``: the base model has the metric and ``candidate > base`` (strictly);
+    3. there is no champion, or the champion has the metric and ``candidate - champion > margin`` (strictly, so a
+       tie never replaces the champion; ``margin`` is in the metric's units, e.g. percentage points for A@0.5).
+
+    A champion without the metric is not comparable: the candidate is refused (re-evaluate or force).
+    """
+    if margin < 0 or math.isnan(margin):
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    reasons: list[str] = []
+    cand = _metric_value(candidate, metric)
+    if cand is None:
+        return PromotionDecision(False, [f"candidate has no value for {metric}"])
+    if require_beats_base:
+        base_value = _metric_value(base, metric)
+        if base_value is None:
+            return PromotionDecision(
+                False, [f"base model has no value for {metric}; cannot check that the candidate beats it"]
+            )
+        if not cand > base_value:
+            return PromotionDecision(
+                False, [f"candidate {metric}={cand:.4g} does not beat the base model ({base_value:.4g})"]
+            )
+        reasons.append(f"candidate {metric}={cand:.4g} beats the base model ({base_value:.4g})")
+    if champion is None:
+        reasons.append("there is no current champion")
+        return PromotionDecision(True, reasons)
+    champ = _metric_value(champion, metric)
+    if champ is None:
+        reasons.append(f"the current champion has no value for {metric}; not comparable")
+        return PromotionDecision(False, reasons)
+    gain = cand - champ
+    if gain > margin:
+        reasons.append(
+            f"candidate {metric}={cand:.4g} beats the champion ({champ:.4g}) by {gain:.4g} > margin {margin:g}"
+        )
+        return PromotionDecision(True, reasons)
+    reasons.append(
+        f"candidate {metric}={cand:.4g} does not beat the champion ({champ:.4g}) by more than margin {margin:g} "
+        f"(difference {gain:.4g})"
+    )
+    return PromotionDecision(False, reasons)
+
+
+# ------------------------------------------------------------------------------------------- pyfunc
+
+
+def load_image(value: Any, *, row: int | None = None) -> Any:
+    """A PIL RGB image from a file path, a base64 string (optionally a ``data:image/...;base64,`` URI) or bytes."""
+    from PIL import Image
+
+    where = f"row {row}: " if row is not None else ""
+    data: bytes | None = None
+    if isinstance(value, bytes | bytearray):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("data:") and "," in text:
+            text = text.split(",", 1)[1]
+        elif len(text) < 4096 and os.path.exists(os.path.expanduser(text)):
+            try:
+                with Image.open(os.path.expanduser(text)) as img:
+                    return img.convert("RGB")
+            except OSError as exc:
+                raise ValueError(f"{where}column 'image': cannot read image file {value!r}: {exc}") from exc
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(
+                f"{where}column 'image' is neither an existing file nor base64 image data: {value[:80]!r}"
+            ) from exc
+    else:
+        raise ValueError(
+            f"{where}column 'image' must be a path, base64 string or bytes, got {type(value).__name__}"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except OSError as exc:
+        raise ValueError(f"{where}column 'image': the decoded bytes are not an image: {exc}") from exc
+
+
+def encode_image(image: Any, fmt: str = "PNG") -> str:
+    """Base64 text of a PIL image (the ``image`` column format for remote scoring)."""
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class MedLocGrounderModel(PythonModel):
+    """MLflow pyfunc: ``predict(DataFrame[image, query(, prompt_text)]) -> DataFrame[x1, y1, x2, y2, completion,
+    parsed]``.
+
+    ``image``: a file path or base64-encoded image. ``query``: the grounding query (turned into the training
+    prompt with ``prompts.build_prompt_text`` and the answer style the model was logged with); an optional
+    ``prompt_text`` column is used verbatim instead. Boxes are original-image pixels; NaN when the answer did not
+    parse. ``params`` may set ``max_new_tokens`` and ``batch_size``.
+    """
+
+    # MLflow 3 wraps ``predict`` and warns unless it has type hints it can turn into a signature; this model
+    # declares an explicit signature at logging time (``_signature``) instead. The same opt-out MLflow's
+    # ChatModel uses.
+    _skip_type_hint_validation = True
+
+    def __init__(self, answer_style: str = "think", max_new_tokens: int = 128, device: str = "cpu") -> None:
+        self.answer_style = answer_style
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        self._predictor = None
+
+    def load_context(self, context: Any) -> None:
+        from medloc_core.inference import BoxPredictor
+
+        device = os.environ.get("MEDLOC_DEVICE", self.device)
+        self._predictor = BoxPredictor(
+            context.artifacts[MODEL_ARTIFACT], device=device, max_new_tokens=self.max_new_tokens
+        )
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        from medloc_core.prompts import build_prompt_text
+
+        if self._predictor is None:
+            self.load_context(context)
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        missing = [c for c in ("image",) if c not in df.columns]
+        if missing or ("query" not in df.columns and "prompt_text" not in df.columns):
+            raise ValueError(
+                f"input needs columns 'image' and 'query' (or 'prompt_text'); got {list(df.columns)}"
+            )
+        params = dict(params or {})
+        images = [load_image(v, row=i) for i, v in enumerate(df["image"])]
+        prompts = []
+        for i in range(len(df)):
+            given = df["prompt_text"].iloc[i] if "prompt_text" in df.columns else None
+            if isinstance(given, str) and given.strip():
+                prompts.append(given)
+                continue
+            query = df["query"].iloc[i] if "query" in df.columns else None
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"row {i}: column 'query' is empty")
+            prompts.append(build_prompt_text(query, answer_style=self.answer_style))
+        predictor = self._predictor
+        if "max_new_tokens" in params:
+            predictor.max_new_tokens = int(params["max_new_tokens"])
+        outputs = predictor.predict(images, prompts, batch_size=int(params.get("batch_size", 4)))
+        rows = []
+        for out in outputs:
+            box = out["box_original"]
+            rows.append(
+                {
+                    **dict(zip(("x1", "y1", "x2", "y2"), box if box is not None else (math.nan,) * 4)),
+                    "completion": out["completion"],
+                    "parsed": box is not None,
+                }
+            )
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def _signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("string", "image"),
+            ColSpec("string", "query", required=False),
+            ColSpec("string", "prompt_text", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            *(ColSpec("double", c) for c in ("x1", "y1", "x2", "y2")),
+            ColSpec("string", "completion"),
+            ColSpec("boolean", "parsed"),
+        ]
+    )
+    params = ParamSchema([ParamSpec("max_new_tokens", "long", 128), ParamSpec("batch_size", "long", 4)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned from the running environment: MLflow's inference of them costs ~10 s (stack.md §4)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in (
+        "mlflow",
+        "torch",
+        "transformers",
+        "accelerate",
+        "peft",
+        "pillow",
+        "pandas",
+        "numpy",
+        "tokenizers",
+    ):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+# ---------------------------------------------------------------------------------- registry helpers
+
+
+def _client(client: Any = None) -> Any:
+    from mlflow import MlflowClient
+
+    return client if client is not None else MlflowClient()
+
+
+def metrics_to_tags(
+    metrics: Mapping[str, Any], prefix: str = "", *, include_ci: bool = False
+) -> dict[str, str]:
+    """Version tags for metric values (``@`` mapped by ``mlflow_key``); NaN and non-numbers are skipped.
+
+    Bootstrap bounds (``*_ci_low``/``*_ci_high``) are left out unless ``include_ci``: one registry call per tag,
+    and the run holds them anyway.
+    """
+    tags = {}
+    for key, value in metrics.items():
+        if not include_ci and (key.endswith("_ci_low") or key.endswith("_ci_high")):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isnan(number):
+            continue
+        tags[prefix + mlflow_key(key)] = repr(number)
+    return tags
+
+
+def tags_to_metrics(tags: Mapping[str, str], prefix: str = "") -> dict[str, float]:
+    """Inverse of :func:`metrics_to_tags` for ``eval/...`` tags (``_at_`` back to ``@``)."""
+    out = {}
+    for key, value in tags.items():
+        if not key.startswith(prefix + METRIC_TAG_PREFIX):
+            continue
+        try:
+            out[key[len(prefix) :].replace("_at_", "@")] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def get_alias_version(alias: str, *, client: Any = None, name: str = MODEL_NAME) -> Any | None:
+    """The model version behind ``alias``, or None when the alias (or the model) does not exist."""
+    client = _client(client)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def version_metrics(version: Any) -> tuple[dict[str, float], dict[str, float], str | None]:
+    """``(eval metrics, base-model metrics, eval-set hash)`` stored on a model version's tags."""
+    tags = dict(version.tags or {})
+    return tags_to_metrics(tags), tags_to_metrics(tags, BASE_PREFIX), tags.get(TAG_EVAL_SET_HASH)
+
+
+def _ensure_experiment() -> None:
+    if mlflow.active_run() is not None:
+        return
+    try:
+        from medloc_core.tracking import configure_mlflow
+
+        configure_mlflow(EXPERIMENT)
+    except ImportError:  # tracking helper not available: plain MLflow experiment
+        mlflow.set_experiment(EXPERIMENT)
+
+
+def log_and_register(
+    model_dir: str | os.PathLike,
+    metrics: Mapping[str, Any],
+    *,
+    run_id: str | None = None,
+    eval_set_hash: str,
+    base_metrics: Mapping[str, Any] | None = None,
+    answer_style: str = "think",
+    max_new_tokens: int = 128,
+    client: Any = None,
+) -> int:
+    """Log ``model_dir`` (a saved Qwen2.5-VL folder with its processor) as a pyfunc and register it.
+
+    Runs in ``run_id`` if given, else in the active run, else in a new run of experiment ``medloc``. The new
+    version of ``medloc-grounder`` gets alias ``challenger`` and tags: the evaluation ``metrics`` (and
+    ``base_metrics`` under ``base/``), ``medloc.eval_set_hash`` and ``medloc.run_id``. Returns the version number.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{model_dir} is not a saved model folder (no config.json or adapter_config.json)")
+    if not eval_set_hash:
+        raise ValueError(
+            "eval_set_hash is required: promotion compares versions only on the same evaluation set"
+        )
+    client = _client(client)
+    active = mlflow.active_run()
+    if run_id is not None and (active is None or active.info.run_id != run_id):
+        ctx = mlflow.start_run(run_id=run_id, nested=active is not None)
+    elif active is not None:
+        ctx = None
+    else:
+        _ensure_experiment()
+        ctx = mlflow.start_run(run_name="register-medloc-grounder")
+    try:
+        run = ctx.__enter__() if ctx is not None else active
+        with warnings.catch_warnings():
+            # An input example would make MLflow load the model and run it while logging; the signature suffices.
+            warnings.filterwarnings(
+                "ignore", message=".*input example was not provided", category=UserWarning
+            )
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=MedLocGrounderModel(answer_style=answer_style, max_new_tokens=max_new_tokens),
+                artifacts={MODEL_ARTIFACT: str(model_dir)},
+                signature=_signature(),
+                pip_requirements=_pip_requirements(),
+            )
+        logged_run_id = run.info.run_id
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+    version = int(mv.version)
+    tags = {
+        TAG_EVAL_SET_HASH: eval_set_hash,
+        TAG_RUN_ID: logged_run_id,
+        TAG_ANSWER_STYLE: answer_style,
+        **metrics_to_tags(metrics),
+        **metrics_to_tags(base_metrics or {}, BASE_PREFIX),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, str(version))
+    logger.info(
+        "registered %s version %d (alias %s) from run %s", MODEL_NAME, version, CHALLENGER, logged_run_id
+    )
+    return version
+
+
+def _record_decision(client: Any, version: int, decision: PromotionDecision, *, forced: bool) -> None:
+    verdict = ("promoted" if decision.promote else "rejected") + (" (forced)" if forced else "")
+    client.set_model_version_tag(MODEL_NAME, str(version), TAG_DECISION, verdict)
+    client.set_model_version_tag(
+        MODEL_NAME, str(version), TAG_REASONS, "; ".join(decision.reasons)[:_MAX_TAG_VALUE]
+    )
+    if mlflow.active_run() is not None:
+        text = f"{MODEL_NAME} version {version}: {verdict}\n" + "".join(f"- {r}\n" for r in decision.reasons)
+        mlflow.log_text(text, f"promotion/version_{version}.txt")
+
+
+def promote_if_better(
+    version: int | str,
+    *,
+    margin: float = 0.0,
+    metric: str = DEFAULT_METRIC,
+    client: Any = None,
+    require_beats_base: bool = True,
+    force: bool = False,
+    reevaluate: Callable[[Any], Mapping[str, Any]] | None = None,
+    base_metrics: Mapping[str, Any] | None = None,
+) -> PromotionDecision:
+    """Promote model ``version`` to alias ``champion`` if :func:`decide_promotion` says so.
+
+    The candidate's metrics, base-model metrics and evaluation-set hash come from its version tags (written by
+    :func:`log_and_register`). The champion's metrics are trusted only when its evaluation-set hash equals the
+    candidate's; otherwise ``reevaluate(champion_model_version) -> metrics`` is called when given (it must
+    evaluate the champion on the candidate's set), else the candidate is refused with that reason.
+    ``base_metrics`` (the base model on the same set) replaces the ``base/`` tags stored at registration and is
+    then stored on the version too. ``force`` promotes regardless (the reasons say what the gate would have
+    decided). The decision is stored as
+    version tags ``medloc.promotion.decision`` / ``medloc.promotion.reasons`` and, in an active run, as the text
+    artifact ``promotion/version_<N>.txt``.
+    """
+    client = _client(client)
+    version = int(version)
+    candidate = client.get_model_version(MODEL_NAME, str(version))
+    cand_metrics, stored_base, cand_hash = version_metrics(candidate)
+    if base_metrics is not None:
+        for key, value in metrics_to_tags(base_metrics, BASE_PREFIX).items():
+            client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+    else:
+        base_metrics = stored_base
+    champion = get_alias_version(CHAMPION, client=client)
+
+    decision: PromotionDecision
+    if champion is not None and int(champion.version) == version:
+        decision = PromotionDecision(False, [f"version {version} is already the champion"])
+        _record_decision(client, version, decision, forced=False)
+        return decision
+    champ_metrics: dict[str, Any] | None = None
+    notes: list[str] = []
+    comparable = True
+    if champion is not None:
+        champ_metrics, _, champ_hash = version_metrics(champion)
+        notes.append(f"current champion is version {champion.version}")
+        if champ_hash != cand_hash:
+            if reevaluate is not None:
+                champ_metrics = dict(reevaluate(champion))
+                notes.append(
+                    f"champion was evaluated on set {champ_hash}, candidate on {cand_hash}: re-evaluated the champion"
+                )
+            else:
+                comparable = False
+                notes.append(
+                    f"champion was evaluated on eval set {champ_hash}, candidate on {cand_hash}: its numbers are "
+                    "not comparable; re-evaluate the champion on this set or promote with --force"
+                )
+    if comparable:
+        gate = decide_promotion(
+            cand_metrics,
+            champ_metrics if champion is not None else None,
+            base_metrics,
+            metric=metric,
+            margin=margin,
+            require_beats_base=require_beats_base,
+        )
+    else:
+        gate = PromotionDecision(False, [])
+    decision = PromotionDecision(gate.promote, notes + gate.reasons)
+    if force and not decision.promote:
+        decision = PromotionDecision(True, ["forced by the operator; the gate said:", *decision.reasons])
+    _record_decision(client, version, decision, forced=force and not gate.promote)
+    if decision.promote:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+        logger.info("promoted %s version %d to %s", MODEL_NAME, version, CHAMPION)
+    else:
+        logger.info(
+            "kept %s version %d as %s: %s", MODEL_NAME, version, CHALLENGER, "; ".join(decision.reasons)
+        )
+    return decision
+
+
+def is_model_uri(model: str) -> bool:
+    """True for MLflow model references (``models:/``, ``runs:/``, ``mlflow-artifacts:/``) or a local pyfunc folder."""
+    if model.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts") and ":/" in model:
+        return True
+    return (Path(model) / "MLmodel").is_file()
+
+
+def resolve_model_dir(model: str | os.PathLike, *, dst: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face model folder behind ``model``: a local folder as is, or the ``model`` artifact of a
+    logged ``medloc-grounder`` pyfunc (``models:/medloc-grounder@champion``, ``runs:/...``), downloaded first."""
+    import yaml
+
+    text = str(model)
+    if not is_model_uri(text):
+        path = Path(text)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model {text!r} is neither a folder nor an MLflow model URI (models:/NAME@ALIAS)"
+            )
+        return path
+    local = (
+        Path(text)
+        if (Path(text) / "MLmodel").is_file()
+        else Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=None if dst is None else str(dst))
+        )
+    )
+    conf = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8")) or {}
+    artifacts = ((conf.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+    entry = artifacts.get(MODEL_ARTIFACT)
+    if not entry or "path" not in entry:
+        raise ValueError(
+            f"{text}: not a {MODEL_NAME} pyfunc model (no '{MODEL_ARTIFACT}' artifact in its MLmodel)"
+        )
+    return local / entry["path"]
+
+
+def decision_json(decision: PromotionDecision) -> str:
+    """The decision as one JSON line (for the CLI and step outputs)."""
+    return json.dumps({"promote": decision.promote, "reasons": decision.reasons})

@@ -1,0 +1,214 @@
+"""``medloc promote``, ``medloc predict`` and ``medloc evaluate``: the registry and the model by hand.
+
+All three talk to ``$MLFLOW_TRACKING_URI`` when set, else to the project's local SQLite store
+(``medloc_core.tracking``). Boxes are printed as ``(x1, y1, x2, y2)`` original-image pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Same values as medloc_core.registry (tested); repeated so that ``medloc --help`` does not import MLflow.
+MODEL_NAME = "medloc-grounder"
+CHAMPION = "champion"
+DEFAULT_METRIC = "eval/A@0.5"
+
+
+def _use_tracking_uri() -> str:
+    import mlflow
+
+    try:
+        from medloc_core.tracking import tracking_uri
+
+        uri = tracking_uri()
+    except ImportError:
+        import os
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.get_tracking_uri()
+
+
+# ------------------------------------------------------------------------------------------- promote
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from medloc_core import registry
+
+    uri = _use_tracking_uri()
+    decision = registry.promote_if_better(
+        args.version,
+        margin=args.margin,
+        metric=args.metric,
+        require_beats_base=not args.skip_base_check,
+        force=args.force,
+    )
+    verdict = "PROMOTED to champion" if decision.promote else "NOT promoted"
+    print(f"{registry.MODEL_NAME} version {args.version}: {verdict}  ({uri})")
+    for reason in decision.reasons:
+        print(f"  - {reason}")
+    print(registry.decision_json(decision))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- predict
+
+
+def predict_one(
+    model: str, image_path: str, query: str, *, answer_style: str | None, max_new_tokens: int
+) -> dict:
+    """One box for one image + query with a local model folder or an MLflow model URI; JSON-ready dict."""
+    from PIL import Image
+
+    from medloc_core import registry
+
+    if not Path(image_path).is_file():
+        raise FileNotFoundError(f"--image {image_path!r} does not exist")
+    if registry.is_model_uri(model):
+        import mlflow.pyfunc
+        import pandas as pd
+
+        _use_tracking_uri()
+        pyfunc = mlflow.pyfunc.load_model(model)
+        row = {"image": str(Path(image_path).resolve()), "query": query}
+        if answer_style is not None:
+            from medloc_core.prompts import build_prompt_text
+
+            row["prompt_text"] = build_prompt_text(query, answer_style=answer_style)
+        out = pyfunc.predict(pd.DataFrame([row]), params={"max_new_tokens": max_new_tokens}).iloc[0]
+        parsed = bool(out["parsed"])
+        box = [float(out[c]) for c in ("x1", "y1", "x2", "y2")] if parsed else None
+        completion = str(out["completion"])
+    else:
+        from medloc_core.inference import BoxPredictor
+        from medloc_core.prompts import build_prompt_text
+
+        predictor = BoxPredictor(model, max_new_tokens=max_new_tokens)
+        with Image.open(image_path) as img:
+            result = predictor.predict(
+                [img.convert("RGB")], [build_prompt_text(query, answer_style=answer_style or "think")]
+            )[0]
+        box = list(result["box_original"]) if result["box_original"] is not None else None
+        completion = result["completion"]
+    return {"model": model, "image": image_path, "query": query, "box": box, "completion": completion}
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from medloc_core.plots import draw_box_on_image
+
+    result = predict_one(
+        args.model, args.image, args.query, answer_style=args.answer_style, max_new_tokens=args.max_new_tokens
+    )
+    print(json.dumps(result))
+    if result["box"] is None:
+        print("no box could be parsed from the model's answer", file=sys.stderr)
+    if args.save_image:
+        with Image.open(args.image) as img:
+            drawn = draw_box_on_image(img, result["box"])
+        Path(args.save_image).parent.mkdir(parents=True, exist_ok=True)
+        drawn.save(args.save_image)
+        print(f"saved {args.save_image}", file=sys.stderr)
+    return 0 if result["box"] is not None else 1
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from medloc_core import registry
+    from medloc_core.evaluation import evaluate_model, metrics_table
+
+    data = Path(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"--data {args.data!r} does not exist")
+    df = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
+    if registry.is_model_uri(args.model):
+        _use_tracking_uri()
+    model_dir = registry.resolve_model_dir(args.model)
+    metrics, predictions = evaluate_model(
+        model_dir,
+        df,
+        split=None if args.split == "all" else args.split,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        n_boot=args.n_boot,
+        limit=args.limit,
+    )
+    print(metrics_table({args.model: metrics}))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        predictions.to_csv(args.output, index=False)
+        print(f"predictions: {args.output}", file=sys.stderr)
+    if args.json:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        Path(args.json).write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ register
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``promote``, ``predict`` and ``evaluate`` to the ``medloc`` command."""
+    p = subparsers.add_parser(
+        "promote",
+        help=f"promote a {MODEL_NAME} version to @{CHAMPION} if it beats the champion (and the base model)",
+        description=(
+            f"Compare version N of {MODEL_NAME} with the current @{CHAMPION} on the same evaluation set and move "
+            "the alias when it wins by more than --margin. The decision and its reasons are stored on the version."
+        ),
+    )
+    p.add_argument("--version", type=int, required=True, help="model version number")
+    p.add_argument("--margin", type=float, default=0.0, help="required gain over the champion (metric units)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric to compare (default {DEFAULT_METRIC})")
+    p.add_argument("--force", action="store_true", help="promote even if the gate says no (reasons are kept)")
+    p.add_argument("--skip-base-check", action="store_true", help="do not require beating the base model")
+    p.set_defaults(func=_cmd_promote)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="predict the box for one image and query; prints JSON (x1, y1, x2, y2 original pixels)",
+    )
+    p.add_argument(
+        "--model",
+        default=f"models:/{MODEL_NAME}@{CHAMPION}",
+        help="MLflow model URI (models:/NAME@ALIAS, runs:/...) or a local model folder",
+    )
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--query", required=True, help='what to find, e.g. "Locate the lesion."')
+    p.add_argument("--save-image", help="write the image with the predicted box drawn (red) to this PNG")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--answer-style",
+        choices=["think", "answer"],
+        default=None,
+        help="prompt style; default: what the registered model was trained with (think for folders)",
+    )
+    p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="A@0.5, A@0.8, pseudo-mAP, mIoU (+95%% bootstrap CIs) of a model on prepared data",
+    )
+    p.add_argument("--model", required=True, help="MLflow model URI or local model folder")
+    p.add_argument("--data", required=True, help="prepared records (.parquet or .csv)")
+    p.add_argument("--split", default="test", help="split to evaluate, or 'all'")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--output", help="write per-query predictions to this CSV")
+    p.add_argument("--json", help="write the metrics to this JSON file")
+    p.set_defaults(func=_cmd_evaluate)

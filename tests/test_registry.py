@@ -1,0 +1,292 @@
+"""Promotion rule (pure table), the pyfunc model, and registry + aliases against a REAL ``mlflow server``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medloc_core import registry
+from medloc_core.boxes import Frame
+from medloc_core.registry import PromotionDecision, decide_promotion
+
+try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
+    from mlflow_server import mlflow_server, mlflow_server_uri  # noqa: F401
+    from test_inference import (  # noqa: F401
+        ANSWER_BOX,
+        ANSWER_STYLE,
+        QUERY,
+        answering_model_dir,
+        prepared_frame,
+        random_image,
+    )
+except ModuleNotFoundError:  # tests/ as a package
+    from tests.mlflow_server import mlflow_server, mlflow_server_uri  # noqa: F401
+    from tests.test_inference import (  # noqa: F401
+        ANSWER_BOX,
+        ANSWER_STYLE,
+        QUERY,
+        answering_model_dir,
+        prepared_frame,
+        random_image,
+    )
+
+M = "eval/A@0.5"
+
+
+def m(value: float | None, **extra: float) -> dict:
+    out = {} if value is None else {M: value}
+    return {**out, **extra}
+
+
+# ------------------------------------------------------------------------------------ decision table
+
+DECISIONS = [
+    # (candidate, champion, base, margin, require_base, promote, reason fragment)
+    (m(60), None, m(20), 0.0, True, True, "there is no current champion"),
+    (m(60), None, None, 0.0, True, False, "base model has no value"),
+    (m(60), None, None, 0.0, False, True, "there is no current champion"),
+    (m(20), None, m(20), 0.0, True, False, "does not beat the base model"),  # tie with base
+    (m(10), None, m(20), 0.0, False, True, "there is no current champion"),  # base check off
+    (m(None), None, m(20), 0.0, True, False, "candidate has no value"),
+    (m(float("nan")), None, m(20), 0.0, True, False, "candidate has no value"),
+    (m(60), m(50), m(20), 0.0, True, True, "beats the champion (50) by 10 > margin 0"),
+    (m(60), m(60), m(20), 0.0, True, False, "does not beat the champion"),  # tie with champion
+    (m(60), m(59.5), m(20), 1.0, True, False, "by more than margin 1"),  # below margin
+    (m(60), m(59), m(20), 1.0, True, False, "difference 1"),  # exactly the margin is not enough
+    (m(60.5), m(59), m(20), 1.0, True, True, "by 1.5 > margin 1"),
+    (m(60), m(70), m(20), 0.0, True, False, "does not beat the champion (70)"),
+    (m(60), m(None, **{"eval/mIoU": 0.5}), m(20), 0.0, True, False, "champion has no value"),
+    (m(15), m(10), m(20), 0.0, True, False, "does not beat the base model"),  # beats champion, not base
+]
+
+
+@pytest.mark.parametrize("candidate,champion,base,margin,require_base,promote,fragment", DECISIONS)
+def test_decide_promotion_table(candidate, champion, base, margin, require_base, promote, fragment):
+    decision = decide_promotion(candidate, champion, base, margin=margin, require_beats_base=require_base)
+    assert isinstance(decision, PromotionDecision)
+    assert decision.promote is promote
+    assert any(fragment in r for r in decision.reasons), decision.reasons
+
+
+def test_decide_promotion_other_metric_and_bad_margin():
+    cand = {"eval/A@0.8": 40.0, M: 10.0}
+    champ = {"eval/A@0.8": 30.0, M: 50.0}
+    base = {"eval/A@0.8": 5.0, M: 5.0}
+    assert decide_promotion(cand, champ, base, metric="eval/A@0.8").promote is True
+    assert decide_promotion(cand, champ, base).promote is False
+    with pytest.raises(ValueError, match="margin"):
+        decide_promotion(cand, champ, base, margin=-1)
+
+
+def test_metric_tags_round_trip():
+    metrics = {
+        M: 61.5,
+        "eval/ham/A@0.8": 12.0,
+        "eval/mIoU": 0.4,
+        "eval/A@0.5_ci_low": 50.0,
+        "eval/x": math.nan,
+    }
+    tags = registry.metrics_to_tags(metrics)
+    assert tags["eval/A_at_0.5"] == "61.5"
+    assert "eval/x" not in tags
+    assert "eval/A_at_0.5_ci_low" not in tags
+    expected = {k: v for k, v in metrics.items() if k not in ("eval/x", "eval/A@0.5_ci_low")}
+    assert registry.tags_to_metrics({**tags, "medloc.run_id": "abc"}) == expected
+    with_ci = registry.metrics_to_tags(metrics, include_ci=True)
+    assert registry.tags_to_metrics(with_ci)["eval/A@0.5_ci_low"] == 50.0
+    base_tags = registry.metrics_to_tags({M: 3.0}, registry.BASE_PREFIX)
+    assert base_tags == {"base/eval/A_at_0.5": "3.0"}
+    assert registry.tags_to_metrics(base_tags, registry.BASE_PREFIX) == {M: 3.0}
+    assert registry.tags_to_metrics(base_tags) == {}
+
+
+def test_load_image_from_path_base64_and_data_uri(tmp_path):
+    img = random_image(20, 30)
+    path = tmp_path / "x.png"
+    img.save(path)
+    b64 = registry.encode_image(img)
+    for value in (str(path), b64, "data:image/png;base64," + b64, img.tobytes() and path.read_bytes()):
+        out = registry.load_image(value)
+        assert out.size == (30, 20)
+        assert np.array_equal(np.asarray(out), np.asarray(img))
+    with pytest.raises(ValueError, match="row 3: column 'image' is neither an existing file nor base64"):
+        registry.load_image("/no/such/file.png", row=3)
+    with pytest.raises(ValueError, match="not an image"):
+        registry.load_image("aGVsbG8=")
+
+
+def test_cli_constants_match_registry():
+    from medloc_core import registry_cli
+
+    assert registry_cli.MODEL_NAME == registry.MODEL_NAME == "medloc-grounder"
+    assert registry_cli.CHAMPION == registry.CHAMPION == "champion"
+    assert registry_cli.DEFAULT_METRIC == registry.DEFAULT_METRIC
+    assert (registry.CHALLENGER, registry.EXPERIMENT) == ("challenger", "medloc")
+
+
+# ------------------------------------------------------------------------------ against a real server
+
+
+@pytest.fixture()
+def server_env(mlflow_server_uri, tmp_path, monkeypatch):  # noqa: F811
+    """Point MLflow (env and client) at the session's server and start from an empty registry."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_uri)
+    monkeypatch.setenv("MEDLOC_HOME", str(tmp_path / "medloc_home"))
+    mlflow.set_tracking_uri(mlflow_server_uri)
+    client = MlflowClient(tracking_uri=mlflow_server_uri, registry_uri=mlflow_server_uri)
+    try:
+        client.delete_registered_model(registry.MODEL_NAME)
+    except mlflow.exceptions.MlflowException:
+        pass
+    yield client
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def _aliases(client) -> dict[str, int]:
+    model = client.get_registered_model(registry.MODEL_NAME)
+    return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+
+@pytest.mark.slow
+def test_register_and_promote_on_real_server(server_env, answering_model_dir):  # noqa: F811
+    import mlflow
+
+    from medloc_core import cli
+
+    client = server_env
+    base = m(20.0)
+
+    v1 = registry.log_and_register(
+        answering_model_dir, m(60.0, **{"eval/mIoU": 0.5}), eval_set_hash="h1", base_metrics=base
+    )
+    assert v1 == 1
+    assert _aliases(client) == {"challenger": 1}
+    tags = client.get_model_version(registry.MODEL_NAME, "1").tags
+    assert tags["eval/A_at_0.5"] == "60.0" and tags["base/eval/A_at_0.5"] == "20.0"
+    assert tags[registry.TAG_EVAL_SET_HASH] == "h1"
+    assert client.get_run(tags[registry.TAG_RUN_ID]).info.status == "FINISHED"
+
+    d = registry.promote_if_better(v1, client=client)
+    assert d.promote and "there is no current champion" in d.reasons[-1]
+    assert _aliases(client) == {"challenger": 1, "champion": 1}
+    assert not registry.promote_if_better(v1, client=client).promote  # already champion
+
+    v2 = registry.log_and_register(answering_model_dir, m(60.5), eval_set_hash="h1", base_metrics=base)
+    assert _aliases(client) == {"challenger": 2, "champion": 1}
+    d = registry.promote_if_better(v2, margin=1.0, client=client)
+    assert not d.promote
+    assert _aliases(client) == {"challenger": 2, "champion": 1}  # the gate failed: champion stays
+    tags = client.get_model_version(registry.MODEL_NAME, "2").tags
+    assert tags[registry.TAG_DECISION] == "rejected"
+    assert "by more than margin 1" in tags[registry.TAG_REASONS]
+    assert registry.promote_if_better(v2, margin=0.25, client=client).promote
+    assert _aliases(client) == {"challenger": 2, "champion": 2}
+
+    # evaluated on another set: the champion's numbers are not trusted
+    v3 = registry.log_and_register(answering_model_dir, m(90.0), eval_set_hash="h2", base_metrics=base)
+    d = registry.promote_if_better(v3, client=client)
+    assert not d.promote and any("not comparable" in r for r in d.reasons)
+    seen = []
+    d = registry.promote_if_better(
+        v3, client=client, reevaluate=lambda mv: seen.append(mv.version) or m(95.0)
+    )
+    assert not d.promote and seen == ["2"]
+    with mlflow.start_run() as run:  # the decision is also logged as a text artifact of the active run
+        d = registry.promote_if_better(v3, client=client, reevaluate=lambda mv: m(50.0))
+    assert d.promote and any("re-evaluated" in r for r in d.reasons)
+    assert _aliases(client) == {"challenger": 3, "champion": 3}
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/promotion/version_3.txt")
+    assert text.startswith("medloc-grounder version 3: promoted")
+
+    # worse than the base model: refused, then forced by hand through `medloc promote`
+    v4 = registry.log_and_register(answering_model_dir, m(10.0), eval_set_hash="h2")
+    d = registry.promote_if_better(v4, client=client)  # no base metrics stored: refused
+    assert not d.promote and "base model has no value" in d.reasons[-1]
+    d = registry.promote_if_better(v4, client=client, base_metrics=base)  # given now (and stored)
+    assert not d.promote and "does not beat the base model" in d.reasons[-1]
+    assert client.get_model_version(registry.MODEL_NAME, "4").tags["base/eval/A_at_0.5"] == "20.0"
+    assert cli.main(["promote", "--version", str(v4)]) == 0
+    assert _aliases(client) == {"challenger": 4, "champion": 3}
+    assert cli.main(["promote", "--version", str(v4), "--force"]) == 0
+    assert _aliases(client) == {"challenger": 4, "champion": 4}
+    assert (
+        client.get_model_version(registry.MODEL_NAME, "4").tags[registry.TAG_DECISION] == "promoted (forced)"
+    )
+
+
+@pytest.mark.slow
+def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_path, capsys):  # noqa: F811
+    import mlflow.pyfunc
+
+    from medloc_core import cli
+
+    version = registry.log_and_register(
+        answering_model_dir, m(50.0), eval_set_hash="hp", base_metrics=m(1.0), answer_style=ANSWER_STYLE
+    )
+    images = [random_image(100, 150, seed=1), random_image(300, 200, seed=2)]
+    path = tmp_path / "a.png"
+    images[0].save(path)
+    df = pd.DataFrame({"image": [str(path), registry.encode_image(images[1])], "query": [QUERY, QUERY]})
+    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHALLENGER}")
+    assert model.metadata.get_model_info().signature is not None
+    out = model.predict(df, params={"max_new_tokens": 40})
+    assert list(out.columns) == ["x1", "y1", "x2", "y2", "completion", "parsed"]
+    assert out["parsed"].tolist() == [True, True]
+    for img, (_, row) in zip(images, out.iterrows()):
+        expected = Frame.for_qwen(img.width, img.height, 56 * 56, 112 * 112).to_original(ANSWER_BOX)
+        assert [row.x1, row.y1, row.x2, row.y2] == pytest.approx(list(expected))
+
+    # the folder inside the registered model is the Hugging Face model folder
+    folder = registry.resolve_model_dir(f"models:/{registry.MODEL_NAME}/{version}", dst=tmp_path / "dl")
+    assert (folder / "config.json").is_file()
+
+    registry.promote_if_better(version, client=server_env)
+    saved = tmp_path / "drawn.png"
+    code = cli.main(
+        ["predict", "--model", "models:/medloc-grounder@champion", "--image", str(path), "--query", QUERY,
+         "--max-new-tokens", "40", "--save-image", str(saved)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = Frame.for_qwen(150, 100, 56 * 56, 112 * 112).to_original(ANSWER_BOX)
+    assert result["box"] == pytest.approx(list(expected))
+    drawn = np.asarray(Image.open(saved).convert("RGB"))
+    x = int(round((expected[0] + expected[2]) / 2))
+    assert tuple(drawn[int(expected[1]), x]) == (255, 0, 0)  # top edge of the box, drawn in red
+
+
+@pytest.mark.slow
+def test_cli_predict_and_evaluate_with_local_folder(answering_model_dir, tmp_path, capsys):  # noqa: F811
+    from medloc_core import cli
+
+    df = prepared_frame(tmp_path)
+    data = tmp_path / "prepared.parquet"
+    df.to_parquet(data)
+    out_json = tmp_path / "metrics.json"
+    code = cli.main(
+        ["evaluate", "--model", answering_model_dir, "--data", str(data), "--max-new-tokens", "40",
+         "--n-boot", "50", "--json", str(out_json), "--output", str(tmp_path / "preds.csv")]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "synth_a" in printed and "66.67" in printed
+    metrics = json.loads(out_json.read_text())
+    assert metrics[M] == pytest.approx(200 / 3)
+    assert len(pd.read_csv(tmp_path / "preds.csv")) == 3
+
+    code = cli.main(
+        ["predict", "--model", answering_model_dir, "--image", df["image_path"][0], "--query", QUERY,
+         "--answer-style", ANSWER_STYLE, "--max-new-tokens", "40"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["box"] == pytest.approx([df["x1"][0], df["y1"][0], df["x2"][0], df["y2"][0]])
