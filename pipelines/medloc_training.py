@@ -27,14 +27,15 @@ def medloc_training(
     """Train a grounding VLM with the MedLoc-R1 curriculum and register it behind a promotion gate."""
     records, quarantine, ingest_report = ingest_data(config=data)
     prepared, manifest = preprocess_data(records=records, ingest_report=ingest_report, config=preprocessing)
-    model_dir, base_model_dir, training_summary = train_model(prepared=prepared, manifest=manifest, config=training)
-    metrics, base_metrics = evaluate_model(
-        prepared=prepared, model_dir=model_dir, base_model_dir=base_model_dir, config=evaluation
+    model_dir, base_model, training_summary = train_model(prepared=prepared, manifest=manifest, config=training)
+    metrics, base_metrics, eval_set_hash = evaluate_model(
+        prepared=prepared, model_dir=model_dir, base_model=base_model, config=evaluation
     )
     register_model(
         model_dir=model_dir,
         metrics=metrics,
         base_metrics=base_metrics,
+        eval_set_hash=eval_set_hash,
         manifest=manifest,
         quarantine=quarantine,
         training_summary=training_summary,

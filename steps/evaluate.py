@@ -17,12 +17,12 @@ logger = logging.getLogger(__name__)
 @step
 def evaluate_model(
     prepared: pd.DataFrame, model_dir: Path, base_model: str, config: dict | None = None
-) -> tuple[Annotated[dict, "metrics"], Annotated[dict, "base_metrics"]]:
+) -> tuple[Annotated[dict, "metrics"], Annotated[dict, "base_metrics"], Annotated[str, "eval_set_hash"]]:
     """Evaluate on the held-out split; log metrics, predictions and a grid of boxes drawn on test images."""
     import mlflow
 
+    from medloc_core.evaluation import eval_set_hash, log_prediction_grid, mlflow_metrics
     from medloc_core.evaluation import evaluate_model as evaluate
-    from medloc_core.evaluation import log_prediction_grid
 
     config = dict(config or {})
     split = config.get("split", "test")
@@ -35,7 +35,8 @@ def evaluate_model(
     folder = run_folder("evaluation")
     with step_mlflow_run():
         metrics, predictions = evaluate(str(model_dir), prepared, **options)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        # MLflow forbids "@" in metric names: eval/A@0.5 is logged as eval/A_at_0.5 (evaluation.mlflow_key).
+        mlflow.log_metrics(mlflow_metrics(metrics))
         predictions.to_csv(folder / "predictions.csv", index=False)
         mlflow.log_artifact(str(folder / "predictions.csv"), artifact_path="evaluation")
         log_prediction_grid(prepared, predictions, folder / "test_predictions.png")
@@ -44,9 +45,11 @@ def evaluate_model(
         base_metrics: dict = {}
         if config.get("evaluate_base", True):
             base_metrics, base_predictions = evaluate(base_model, prepared, **options)
-            mlflow.log_metrics({k.replace("eval/", "eval_base/", 1): float(v) for k, v in base_metrics.items()})
+            mlflow.log_metrics(
+                mlflow_metrics({k.replace("eval/", "eval_base/", 1): v for k, v in base_metrics.items()})
+            )
             base_predictions.to_csv(folder / "base_predictions.csv", index=False)
             mlflow.log_artifact(str(folder / "base_predictions.csv"), artifact_path="evaluation")
     headline = {k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics}
     logger.info("Evaluation (%s split): %s", split, headline)
-    return metrics, base_metrics
+    return metrics, base_metrics, eval_set_hash(prepared, split)

@@ -19,6 +19,7 @@ def register_model(
     model_dir: Path,
     metrics: dict,
     base_metrics: dict,
+    eval_set_hash: str,
     manifest: dict,
     quarantine: pd.DataFrame,
     training_summary: dict,
@@ -38,13 +39,19 @@ def register_model(
         if not config.get("register", True):
             return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
         version = registry.log_and_register(
-            model_dir, metrics, run_id=run.info.run_id, eval_set_hash=str(manifest.get("hash", ""))
+            model_dir,
+            metrics,
+            run_id=run.info.run_id,
+            eval_set_hash=eval_set_hash,
+            base_metrics=base_metrics or None,
+            answer_style=config.get("answer_style", "think"),
         )
         decision = registry.promote_if_better(
             version,
             margin=float(config.get("margin", 0.0)),
             metric=config.get("metric", "eval/A@0.5"),
-            base_metrics=base_metrics if config.get("require_beats_base", True) else None,
+            require_beats_base=bool(config.get("require_beats_base", True)),
+            base_metrics=base_metrics or None,
         )
     result = {
         "registered": True,

@@ -51,9 +51,15 @@ def train_model(
     import mlflow
 
     from medloc_core import plots
-    from medloc_core.training import TrainingConfig, train
+    from medloc_core.training import TrainingConfig, resolve_model_path, train
 
     config = dict(config or {})
+    # The processor must resize exactly as preprocessing framed the boxes; the tiny model lives in MEDLOC_HOME.
+    options = manifest.get("options", manifest)
+    for key in ("min_pixels", "max_pixels", "answer_style"):
+        if key not in config and key in options:
+            config[key] = options[key]
+    config.setdefault("tiny_model_dir", str(tracking.medloc_home() / "models"))
     train_config = TrainingConfig.from_dict(config)
     folder = training_folder(config, manifest)
     with step_mlflow_run():
@@ -81,4 +87,5 @@ def train_model(
     logger.info("Training finished: %s", summary)
     # The base (the policy GRPO started from: the hub id, or the SFT warm-up folder) travels as a name/path,
     # not a copy: a 3B base model is not worth duplicating into the artifact store.
-    return Path(result.model_dir), str(result.base_model), summary
+    base_model = str(folder / "sft") if train_config.sft_warmup_steps > 0 else resolve_model_path(train_config)
+    return Path(result.model_dir), base_model, summary
