@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SOURCES = [
     {
         "format": "ham10000",
-        "root": ".medloc/data/synth-ham10000",
+        "root": "${MEDLOC_HOME}/data/synth-ham10000",
         "synth": {"kind": "ham10000", "n": 120, "seed": 0, "size": 224},
     }
 ]

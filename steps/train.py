@@ -54,6 +54,7 @@ def train_model(
     from medloc_core.training import TrainingConfig, resolve_model_path, train
 
     config = dict(config or {})
+    launch = config.pop("accelerate", None)
     # The processor must resize exactly as preprocessing framed the boxes; the tiny model lives in MEDLOC_HOME.
     options = manifest.get("options", manifest)
     for key in ("min_pixels", "max_pixels", "answer_style"):

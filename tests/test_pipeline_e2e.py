@@ -1,0 +1,93 @@
+"""End to end: `zenml pipeline run medloc_training` as a user runs it, in a temp ZenML/MLflow home.
+
+Runs the literal CLI command in a subprocess on a shrunken copy of the local CPU config, then reads the MLflow
+run it made: the curriculum trace has one point per GRPO step, the model is registered with an alias, and the
+artifacts (plots, quarantine report, manifest) are there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS = 4
+
+
+def shrunken_config(tmp_path: Path) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "medloc_training_local.yaml").read_text())
+    params = config["parameters"]
+    source = params["data"]["sources"][0]
+    source["root"] = str(tmp_path / "data" / "synth-ham10000")
+    source["synth"]["n"] = 30
+    params["training"].update(max_steps=MAX_STEPS, sft_warmup_steps=20, save_steps=2)
+    params["training"]["curriculum"]["window"] = 2
+    params["evaluation"]["n_boot"] = 100
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "MEDLOC_"))}
+    env.update(
+        ZENML_ANALYTICS_OPT_IN="false",
+        ZENML_CONFIG_PATH=str(tmp_path / "zenml" / "config"),
+        ZENML_LOCAL_STORES_PATH=str(tmp_path / "zenml" / "stores"),
+        ZENML_LOGGING_COLORS_DISABLED="true",
+        ZENML_DISABLE_INTERACTIVE_INPUT="true",
+        MEDLOC_HOME=str(tmp_path / "home"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
+    config = shrunken_config(tmp_path)
+    env = env_for(tmp_path)
+    zenml = Path(sys.executable).with_name("zenml")
+    result = subprocess.run(
+        [str(zenml), "pipeline", "run", "medloc_training", "-c", str(config)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("medloc")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, "one MLflow run per pipeline run"
+    run = runs[0]
+
+    history = client.get_metric_history(run.info.run_id, "curriculum/threshold")
+    assert sorted(m.step for m in history) == list(range(1, MAX_STEPS + 1))
+    assert all(0.3 <= m.value <= 0.8 for m in history)
+    for key in ("train/frac_reward_zero_std", "curriculum/hit_rate", "curriculum/raised"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == MAX_STEPS, key
+    for key in ("eval/A_at_0.5", "eval/A_at_0.8", "eval/pseudo_mAP", "eval/mIoU", "eval_base/A_at_0.5"):
+        assert key in run.data.metrics, key
+    assert run.data.params["training.schedule"] == "medloc"
+    assert run.data.params["data.manifest_hash"]
+
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/curriculum.png", "plots/rewards.png", "plots/dead_groups.png", "plots/test_predictions.png"} <= plots
+    data = {a.path for a in client.list_artifacts(run.info.run_id, "data")}
+    assert {"data/quarantine.csv", "data/manifest.json"} <= data
+
+    version = client.get_model_version_by_alias("medloc-grounder", "challenger")
+    assert int(version.version) == 1
+    assert version.tags["medloc.run_id"] == run.info.run_id
+    assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
