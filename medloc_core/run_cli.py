@@ -52,7 +52,9 @@ def scheduled_run(config: str, lock_file: Path, *, root: Path | None = None) -> 
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.warning("previous scheduled run still running (lock %s held): skipping this one", lock_file)
+            logger.warning(
+                "previous scheduled run still running (lock %s held): skipping this one", lock_file
+            )
             return 0
         handle.write(f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         handle.flush()
@@ -90,7 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the medloc_training pipeline (same as `zenml pipeline run medloc_training -c CONFIG`)",
         description="Run the medloc_training ZenML pipeline from the repository root; exits non-zero on failure.",
     )
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"run config YAML (default {DEFAULT_CONFIG})")
+    run.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help=f"run config YAML (default {DEFAULT_CONFIG})"
+    )
     run.set_defaults(func=_run)
 
     schedule = subparsers.add_parser(
@@ -104,5 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     schedule.add_argument("action", choices=("run", "cron"))
     schedule.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="run config YAML")
-    schedule.add_argument("--cron", default="0 3 * * 1", help="cron expression for `cron` (default: Mondays 03:00)")
+    schedule.add_argument(
+        "--cron", default="0 3 * * 1", help="cron expression for `cron` (default: Mondays 03:00)"
+    )
     schedule.set_defaults(func=_schedule)

@@ -62,9 +62,7 @@ def configure_mlflow(experiment: str = EXPERIMENT) -> str:
 
 
 @contextmanager
-def pipeline_run(
-    run_key: str, run_name: str, tags: Mapping[str, str] | None = None
-) -> Iterator[Any]:
+def pipeline_run(run_key: str, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
     """Start or resume the single MLflow run that belongs to one pipeline run.
 
     ``run_key`` identifies the pipeline run (the ZenML run id); every step that enters this context with the same

@@ -27,7 +27,9 @@ def medloc_training(
     """Train a grounding VLM with the MedLoc-R1 curriculum and register it behind a promotion gate."""
     records, quarantine, ingest_report = ingest_data(config=data)
     prepared, manifest = preprocess_data(records=records, ingest_report=ingest_report, config=preprocessing)
-    model_dir, base_model, training_summary = train_model(prepared=prepared, manifest=manifest, config=training)
+    model_dir, base_model, training_summary = train_model(
+        prepared=prepared, manifest=manifest, config=training
+    )
     metrics, base_metrics, eval_set_hash = evaluate_model(
         prepared=prepared, model_dir=model_dir, base_model=base_model, config=evaluation
     )

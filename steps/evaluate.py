@@ -50,6 +50,8 @@ def evaluate_model(
             )
             base_predictions.to_csv(folder / "base_predictions.csv", index=False)
             mlflow.log_artifact(str(folder / "base_predictions.csv"), artifact_path="evaluation")
-    headline = {k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics}
+    headline = {
+        k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics
+    }
     logger.info("Evaluation (%s split): %s", split, headline)
     return metrics, base_metrics, eval_set_hash(prepared, split)

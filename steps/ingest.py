@@ -41,11 +41,16 @@ def ingest_data(
     )
     with step_mlflow_run():
         mlflow.log_metrics(
-            {"data/input_rows": report["input_rows"], "data/records": report["records"],
-             "data/quarantined": report["quarantined"]}
+            {
+                "data/input_rows": report["input_rows"],
+                "data/records": report["records"],
+                "data/quarantined": report["quarantined"],
+            }
         )
     logger.info(
-        "Ingested %d input rows: %d records, %d quarantined", report["input_rows"], report["records"],
+        "Ingested %d input rows: %d records, %d quarantined",
+        report["input_rows"],
+        report["records"],
         report["quarantined"],
     )
     return records, quarantine, report

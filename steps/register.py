@@ -60,6 +60,11 @@ def register_model(
         "promoted": bool(decision.promote),
         "reasons": list(decision.reasons),
     }
-    logger.info("Registered %s version %s; promoted to champion: %s (%s)", registry.MODEL_NAME, version,
-                decision.promote, "; ".join(decision.reasons))
+    logger.info(
+        "Registered %s version %s; promoted to champion: %s (%s)",
+        registry.MODEL_NAME,
+        version,
+        decision.promote,
+        "; ".join(decision.reasons),
+    )
     return result

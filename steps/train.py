@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,6 +17,8 @@ from medloc_core import tracking
 from steps.mlflow_run import step_mlflow_run
 
 logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("steps", "final_threshold", "num_raises", "seconds_per_step", "peak_rss_mb")
 
 
 def _flatten(prefix: str, value: object, out: dict[str, str]) -> dict[str, str]:
@@ -51,6 +54,7 @@ def train_model(
     import mlflow
 
     from medloc_core import plots
+    from medloc_core.launch import launch_training
     from medloc_core.training import TrainingConfig, resolve_model_path, train
 
     config = dict(config or {})
@@ -63,30 +67,34 @@ def train_model(
     config.setdefault("tiny_model_dir", str(tracking.medloc_home() / "models"))
     train_config = TrainingConfig.from_dict(config)
     folder = training_folder(config, manifest)
-    with step_mlflow_run():
+    with step_mlflow_run() as run:
         params = _flatten("training", config, {})
         params["data.manifest_hash"] = str(manifest.get("hash", ""))
         mlflow.log_params(params)
-        result = train(prepared, train_config, folder)
+        if launch and int(launch.get("num_processes", 1)) > 1:
+            # Multi-GPU: child processes under `accelerate launch`, logging into this same MLflow run.
+            result = launch_training(
+                prepared, config, folder, accelerate=launch, mlflow_run_id=run.info.run_id
+            )
+        else:
+            outcome = train(prepared, train_config, folder)
+            result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
         for name, make in (
             ("rewards.png", plots.plot_rewards),
             ("curriculum.png", plots.plot_curriculum),
             ("dead_groups.png", plots.plot_dead_groups),
         ):
-            figure = make(result.history)
-            mlflow.log_figure(figure, f"plots/{name}")
+            mlflow.log_figure(make(result["history"]), f"plots/{name}")
         mlflow.log_artifact(str(Path(folder) / "history.jsonl"), artifact_path="training")
-        summary = {
-            "steps": result.steps,
-            "final_threshold": result.final_threshold,
-            "num_raises": result.num_raises,
-            "seconds_per_step": result.seconds_per_step,
-            "peak_rss_mb": result.peak_rss_mb,
-            "schedule": train_config.schedule,
-        }
-        mlflow.log_metrics({f"train/summary/{k}": float(v) for k, v in summary.items() if k != "schedule"})
+        summary = {key: result[key] for key in SUMMARY_KEYS}
+        summary["schedule"] = train_config.schedule
+        mlflow.log_metrics(
+            {f"train/summary/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
+        )
     logger.info("Training finished: %s", summary)
     # The base (the policy GRPO started from: the hub id, or the SFT warm-up folder) travels as a name/path,
     # not a copy: a 3B base model is not worth duplicating into the artifact store.
-    base_model = str(folder / "sft") if train_config.sft_warmup_steps > 0 else resolve_model_path(train_config)
-    return Path(result.model_dir), base_model, summary
+    base_model = (
+        str(folder / "sft") if train_config.sft_warmup_steps > 0 else resolve_model_path(train_config)
+    )
+    return Path(result["model_dir"]), base_model, summary

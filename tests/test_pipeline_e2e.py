@@ -83,7 +83,12 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert run.data.params["data.manifest_hash"]
 
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/curriculum.png", "plots/rewards.png", "plots/dead_groups.png", "plots/test_predictions.png"} <= plots
+    assert {
+        "plots/curriculum.png",
+        "plots/rewards.png",
+        "plots/dead_groups.png",
+        "plots/test_predictions.png",
+    } <= plots
     data = {a.path for a in client.list_artifacts(run.info.run_id, "data")}
     assert {"data/quarantine.csv", "data/manifest.json"} <= data
 

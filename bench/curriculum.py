@@ -1,0 +1,555 @@
+"""Does the MedLoc-R1 curriculum beat fixed thresholds? Four reward schedules, same policy, seeds and steps.
+
+    .venv/bin/python bench/curriculum.py                     # the README numbers (~15 min on 2 shared cores)
+    .venv/bin/python bench/curriculum.py --seeds 0 --steps 20 --sft-steps 60   # smoke run
+
+For every seed: build the tiny offline Qwen2.5-VL (init seed = seed), run ONE SFT warm-up on the train split,
+then run GRPO (the real TRL loop of ``medloc_core.training``) from that same checkpoint under each schedule:
+``medloc`` (curriculum, tau0 0.3 -> 0.8, window 10 as in the local config), ``fixed`` (tau = 0.5), ``raw_iou``
+and ``vtriune``. Each run is evaluated (greedy) on the held-out test split; the SFT checkpoint is evaluated too.
+
+Dead groups. A group is the ``num_generations`` completions of one prompt. It is *dead* when its rewards have
+zero spread, so every GRPO advantage in it is 0. Two rates are reported:
+* ``dead_acc``: computed here from the per-completion IoUs the reward saw and the threshold that scored that
+  step, for the accuracy reward alone (``1[IoU >= tau]``, ``IoU`` or ``IoU * 1[IoU >= eps]``): the quantity the
+  MedLoc-R1 claim is about;
+* ``dead_all``: TRL's ``frac_reward_zero_std`` of the summed reward (accuracy + format): a group whose IoU rewards
+  are all 0 can still have a format-reward spread.
+"early" = the first 30 % of steps (rounded up).
+
+Outputs in ``bench/results/``: ``curriculum.md`` (tables), ``curriculum.csv`` (one row per run),
+``curriculum_traces.json`` (per-step tau and dead rates), ``curriculum.png``. Each (schedule, seed) is an MLflow
+run in experiment ``medloc-bench`` (tracking URI: ``$MLFLOW_TRACKING_URI`` or the project's embedded store
+``$MEDLOC_HOME/mlflow/mlflow.db``, default ``.medloc/``, git-ignored).
+
+``--simulate`` adds a clearly separate *policy-free* run (see :func:`simulate`): no model, simulated IoU draws
+through the same reward functions, tracker and schedules; it is a sanity model of the mechanism, not evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets sys.path to the repo root; must precede torch)
+
+SCHEDULES = ("medloc", "fixed", "raw_iou", "vtriune")
+EARLY_FRACTION = 0.3
+
+
+# --------------------------------------------------------------------------------------------- analysis
+
+
+def accuracy_rewards(schedule: str, ious: Any, tau: float | None) -> Any:
+    """The accuracy reward each schedule gives for IoUs ``ious`` at threshold ``tau`` (mirrors
+    ``medloc_core.rewards.make_reward_for_schedule``; ``>=`` as the schedules' default ``ge=True``)."""
+    import numpy as np
+
+    u = np.asarray(ious, dtype=np.float64)
+    if schedule == "raw_iou":
+        return u
+    if tau is None:
+        raise ValueError(f"schedule {schedule!r} needs a threshold")
+    hit = u >= tau
+    return u * hit if schedule == "vtriune" else hit.astype(np.float64)
+
+
+def dead_group_fraction(schedule: str, ious: Any, tau: float | None, group_size: int) -> float:
+    """Share of groups (consecutive ``group_size`` completions) whose accuracy rewards are all equal."""
+    import numpy as np
+
+    u = np.asarray(ious, dtype=np.float64)
+    if u.size == 0 or u.size % group_size:
+        raise ValueError(f"{u.size} IoUs do not split into groups of {group_size}")
+    r = accuracy_rewards(schedule, u, tau).reshape(-1, group_size)
+    return float(np.mean(np.ptp(r, axis=1) == 0.0))
+
+
+def early_steps(total: int) -> int:
+    """Number of steps in the first 30 % (at least 1)."""
+    return max(1, math.ceil(EARLY_FRACTION * total))
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
+    """Build the tiny model (init seed ``seed``) and SFT it on the train split; return the checkpoint folder."""
+    import torch
+
+    from medloc_core import modeling, sft, training
+
+    base = modeling.ensure_tiny_model(
+        work / "models", seed=seed, size="tiny", min_pixels=common.MIN_PIXELS, max_pixels=common.MAX_PIXELS
+    )
+    processor = modeling.load_processor(str(base))
+    processor.image_processor.size = {"shortest_edge": common.MIN_PIXELS, "longest_edge": common.MAX_PIXELS}
+    rows = training.train_rows(prepared)
+    training.check_frames(rows, processor)
+    examples = training.build_examples(rows, "answer")
+    torch.manual_seed(seed)
+    model = modeling.load_model(str(base), dtype="float32")
+    res = sft.sft_warmup(
+        model,
+        processor,
+        [sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in examples],
+        steps=steps,
+        learning_rate=3e-3,
+        batch_size=8,
+        seed=seed,
+        progress=False,
+    )
+    out = work / f"seed{seed}" / "sft"
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    print(
+        f"  SFT seed {seed}: {steps} steps in {res.seconds:.0f} s, loss {res.first_loss:.2f} -> {res.last_loss:.2f}"
+    )
+    return out
+
+
+def evaluate(model_dir: Path, prepared: Any, max_new_tokens: int) -> dict[str, float]:
+    from medloc_core.evaluation import evaluate_model
+
+    metrics, _ = evaluate_model(
+        model_dir, prepared, split="test", max_new_tokens=max_new_tokens, batch_size=8, n_boot=0
+    )
+    return metrics
+
+
+def grpo_run(
+    prepared: Any, schedule: str, seed: int, sft_dir: Path, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """One GRPO run from the shared SFT checkpoint; returns its summary, per-step traces and history."""
+    from medloc_core import training
+
+    cfg = training.TrainingConfig(
+        model_name_or_path=str(sft_dir),
+        min_pixels=common.MIN_PIXELS,
+        max_pixels=common.MAX_PIXELS,
+        schedule=schedule,
+        curriculum={"window": args.window} if schedule == "medloc" else {},
+        fixed_tau=0.5,
+        num_generations=args.group_size,
+        per_device_train_batch_size=args.group_size * args.prompts_per_step,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        beta=0.0,
+        temperature=0.9,
+        max_completion_length=args.max_completion_length,
+        answer_style="answer",
+        use_cpu=True,
+        save_steps=0,
+        seed=seed,
+        progress=False,
+    )
+    metrics_rows: list[tuple[dict[str, float], int]] = []
+    t0 = time.perf_counter()
+    session = training.prepare_training(
+        prepared,
+        cfg,
+        work / f"seed{seed}" / schedule,
+        metrics_sink=lambda m, s: metrics_rows.append((dict(m), s)),
+        resume=False,
+    )
+    steps: list[dict[str, Any]] = []
+    pop = session.tracker.pop_step
+
+    def recording_pop():
+        # The callback pops the tracker before it feeds the schedule, so `threshold` is the tau that scored
+        # this step's batch.
+        record = pop()
+        steps.append({"ious": list(record.ious), "tau": session.schedule.threshold})
+        return record
+
+    session.tracker.pop_step = recording_pop
+    result = session.run()
+    wall = time.perf_counter() - t0
+    dead_acc = [dead_group_fraction(schedule, s["ious"], s["tau"], args.group_size) for s in steps]
+    by_step = {int(h["step"]): h for h in result.history}
+    dead_all = [
+        float(by_step[i + 1].get("train/frac_reward_zero_std", float("nan"))) for i in range(len(steps))
+    ]
+    iou_mean = [sum(s["ious"]) / len(s["ious"]) for s in steps]
+    k = early_steps(len(steps))
+    metrics = evaluate(result.model_dir, prepared, args.max_completion_length)
+    summary = {
+        "schedule": schedule,
+        "seed": seed,
+        "steps": len(steps),
+        "dead_acc_early": sum(dead_acc[:k]) / k,
+        "dead_acc_all": sum(dead_acc) / len(dead_acc),
+        "dead_all_early": sum(dead_all[:k]) / k,
+        "dead_all_all": sum(dead_all) / len(dead_all),
+        "train_iou_early": sum(iou_mean[:k]) / k,
+        "train_iou_late": sum(iou_mean[-k:]) / k,
+        "A@0.5": metrics["eval/A@0.5"],
+        "A@0.8": metrics["eval/A@0.8"],
+        "mIoU": metrics["eval/mIoU"],
+        "pseudo_mAP": metrics["eval/pseudo_mAP"],
+        "parse_failure_rate": metrics["eval/parse_failure_rate"],
+        "final_tau": result.final_threshold,
+        "num_raises": result.num_raises,
+        "wall_s": wall,
+        "seconds_per_step": result.seconds_per_step,
+    }
+    traces = {
+        "tau": [s["tau"] for s in steps],
+        "dead_acc": dead_acc,
+        "dead_all": dead_all,
+        "iou_mean": iou_mean,
+    }
+    return {
+        "summary": summary,
+        "traces": traces,
+        "metrics_rows": metrics_rows,
+        "config": cfg.to_dict(),
+        "eval": metrics,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- mlflow
+
+
+def log_mlflow(run: dict[str, Any], experiment: str) -> str:
+    """One MLflow run per (schedule, seed): params, per-step metrics (batched), summary and eval metrics."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from medloc_core.evaluation import mlflow_metrics
+
+    s = run["summary"]
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(
+        run_name=f"{s['schedule']}-seed{s['seed']}", tags={"bench": "curriculum"}
+    ) as active:
+        params = {
+            k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in run["config"].items()
+        }
+        mlflow.log_params(params)
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step)
+            for metrics, step in run["metrics_rows"]
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and math.isfinite(value)
+        ]
+        for i, dead in enumerate(run["traces"]["dead_acc"], start=1):
+            batch.append(Metric("bench/dead_acc", dead, now, i))
+        for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(active.info.run_id, metrics=batch[i : i + 900])
+        summary = {
+            f"bench/{k}": float(v)
+            for k, v in s.items()
+            if k not in ("schedule", "seed") and isinstance(v, int | float) and v is not None
+        }
+        mlflow.log_metrics(mlflow_metrics({**summary, **run["eval"]}))
+        return active.info.run_id
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+
+def write_outputs(runs: list[dict[str, Any]], sft_evals: dict[int, dict[str, float]], args, note: str) -> str:
+    out = common.RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r["summary"] for r in runs]
+    with (out / "curriculum.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    traces = {f"{r['summary']['schedule']}/seed{r['summary']['seed']}": r["traces"] for r in runs}
+    for key, tr in traces.items():
+        traces[key] = {k: [None if v is None else round(float(v), 4) for v in vals] for k, vals in tr.items()}
+    (out / "curriculum_traces.json").write_text(json.dumps(traces, separators=(",", ":")) + "\n")
+    md = table_markdown(rows, sft_evals, args, note)
+    (out / "curriculum.md").write_text(md)
+    plot(runs, args, out / "curriculum.png")
+    return md
+
+
+def table_markdown(
+    rows: list[dict[str, Any]], sft_evals: dict[int, dict[str, float]], args, note: str
+) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    k = early_steps(args.steps)
+    lines = [
+        f"Curriculum benchmark: {len(seeds)} seed(s) {seeds}, {args.steps} GRPO steps of "
+        f"{args.prompts_per_step} prompts x {args.group_size} completions, SFT warm-up {args.sft_steps} steps "
+        f"(shared per seed), early = first {k} steps. mean ± std over seeds. {note}",
+        "",
+        "| schedule | dead groups, acc. reward, early | dead, acc., all | dead, total reward (TRL), early | "
+        "dead, total, all | A@0.5 (%) | A@0.8 (%) | mIoU | train IoU early -> late | final tau | raises | "
+        "GRPO wall (s) | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in SCHEDULES:
+        sel = [r for r in rows if r["schedule"] == name]
+        if not sel:
+            continue
+        taus = [r["final_tau"] for r in sel]
+        tau = "none" if any(t is None for t in taus) else common.fmt_pm(taus)
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    common.fmt_pm(r["dead_acc_early"] for r in sel),
+                    common.fmt_pm(r["dead_acc_all"] for r in sel),
+                    common.fmt_pm(r["dead_all_early"] for r in sel),
+                    common.fmt_pm(r["dead_all_all"] for r in sel),
+                    common.fmt_pm((r["A@0.5"] for r in sel), 1),
+                    common.fmt_pm((r["A@0.8"] for r in sel), 1),
+                    common.fmt_pm((r["mIoU"] for r in sel), 3),
+                    f"{common.fmt_pm((r['train_iou_early'] for r in sel), 3)} -> "
+                    f"{common.fmt_pm((r['train_iou_late'] for r in sel), 3)}",
+                    tau,
+                    common.fmt_pm((r["num_raises"] for r in sel), 1),
+                    common.fmt_pm((r["wall_s"] for r in sel), 0),
+                    common.fmt_pm((r["seconds_per_step"] for r in sel), 2),
+                ]
+            )
+            + " |"
+        )
+    if sft_evals:
+        ev = list(sft_evals.values())
+        lines += [
+            "",
+            f"SFT checkpoint alone (before GRPO), test split: A@0.5 {common.fmt_pm((e['eval/A@0.5'] for e in ev), 1)} %,"
+            f" A@0.8 {common.fmt_pm((e['eval/A@0.8'] for e in ev), 1)} %, mIoU {common.fmt_pm((e['eval/mIoU'] for e in ev), 3)},"
+            f" test n = {int(ev[0]['eval/n'])}.",
+        ]
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| schedule | seed | dead acc. early | dead acc. all | A@0.5 | A@0.8 | mIoU | final tau |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        tau = "none" if r["final_tau"] is None else f"{r['final_tau']:.2f}"
+        lines.append(
+            f"| {r['schedule']} | {r['seed']} | {r['dead_acc_early']:.2f} | {r['dead_acc_all']:.2f} | "
+            f"{r['A@0.5']:.1f} | {r['A@0.8']:.1f} | {r['mIoU']:.3f} | {tau} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _smooth(values: list[float], width: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - width + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
+    """Left: accuracy-reward dead-group rate per step (10-step moving mean, mean over seeds). Right: tau."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    for name in SCHEDULES:
+        sel = [r["traces"] for r in runs if r["summary"]["schedule"] == name]
+        if not sel:
+            continue
+        n = min(len(t["dead_acc"]) for t in sel)
+        dead = [sum(t["dead_acc"][i] for t in sel) / len(sel) for i in range(n)]
+        (line,) = ax1.plot(range(1, n + 1), _smooth(dead, 10), label=name)
+        if all(v is not None for t in sel for v in t["tau"][:n]):
+            tau = [sum(t["tau"][i] for t in sel) / len(sel) for i in range(n)]
+            ax2.plot(range(1, n + 1), tau, color=line.get_color(), label=name)
+    k = early_steps(args.steps)
+    for ax in (ax1, ax2):
+        ax.axvline(k + 0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("GRPO step")
+    ax1.set_ylabel("dead groups (acc. reward)")
+    ax1.set_ylim(-0.02, 1.02)
+    ax2.set_ylabel("IoU threshold tau (mean over seeds)")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- policy-free sim
+
+
+def simulate(args: argparse.Namespace, prepared: Any) -> str:
+    """Policy-free model of the mechanism (an extra, not the benchmark): per prompt, G boxes are drawn around the
+    true box with a relative error sigma (the policy's skill); they go through the real reward functions, tracker
+    and schedules. The skill improves only by the GRPO signal: sigma *= 1 - lr * mean over groups of the
+    correlation between the group's advantages and box precision (0 for a dead group). It ignores everything a
+    real policy does besides that (format, KL, reward hacking), so read it as a sanity model only."""
+    import numpy as np
+
+    from medloc_core import rewards
+    from medloc_core.curriculum import CurriculumConfig, make_schedule
+
+    rows = prepared[prepared["split"] == "train"].reset_index(drop=True)
+    gts = rows[["in_x1", "in_y1", "in_x2", "in_y2"]].to_numpy(dtype=np.float64)
+    g, p, steps = args.group_size, args.prompts_per_step, args.steps
+    out: dict[str, list[dict[str, float]]] = {}
+    for name in SCHEDULES:
+        for seed in args.seeds:
+            rng = np.random.default_rng([seed, 7])
+            if name == "medloc":
+                sched = make_schedule("medloc", CurriculumConfig(window=args.window))
+            elif name == "fixed":
+                sched = make_schedule("fixed", tau=0.5)
+            else:
+                sched = make_schedule(name, total_steps=steps)
+            tracker = rewards.RewardTracker()
+            reward = rewards.make_reward_for_schedule(sched, tracker)
+            sigma, dead_trace = args.sim_sigma0, []
+            for _ in range(steps):
+                idx = rng.integers(0, len(gts), size=p).repeat(g)
+                gt = gts[idx]
+                wh = np.stack([gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]] * 2, axis=1)
+                err = rng.normal(0.0, sigma, size=gt.shape) * wh
+                boxes = gt + err
+                comps = [
+                    f'<answer>{{"bbox_2d": [{b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}]}}</answer>'
+                    for b in boxes
+                ]
+                r = np.asarray(reward(None, comps, bbox=gt.tolist()), dtype=np.float64).reshape(p, g)
+                ious = np.asarray(tracker.pop_step().ious).reshape(p, g)
+                sched.observe(ious.tolist())
+                precision = -np.abs(err / wh).mean(axis=1).reshape(p, g)
+                std = r.std(axis=1)
+                dead = std == 0
+                signal = 0.0
+                for i in np.flatnonzero(~dead):
+                    adv = (r[i] - r[i].mean()) / (r[i].std() + 1e-4)
+                    if precision[i].std() > 0:
+                        signal += float(np.corrcoef(adv, precision[i])[0, 1])
+                sigma *= 1.0 - args.sim_lr * signal / p
+                sigma = max(sigma, 0.02)
+                dead_trace.append(float(dead.mean()))
+            k = early_steps(steps)
+            # final skill measured greedily: IoU of a box with the mean absolute error sigma*sqrt(2/pi)
+            test = gts + rng.normal(0.0, sigma, size=gts.shape) * np.stack(
+                [gts[:, 2] - gts[:, 0], gts[:, 3] - gts[:, 1]] * 2, axis=1
+            )
+            from medloc_core.boxes import iou_pairs
+
+            u = iou_pairs(test, gts)
+            out.setdefault(name, []).append(
+                {
+                    "dead_early": sum(dead_trace[:k]) / k,
+                    "dead_all": sum(dead_trace) / len(dead_trace),
+                    "A@0.5": 100 * float((u >= 0.5).mean()),
+                    "mIoU": float(u.mean()),
+                    "final_sigma": sigma,
+                }
+            )
+    lines = [
+        f"POLICY-FREE SIMULATION (not the benchmark; see `simulate` in bench/curriculum.py): sigma0 = "
+        f"{args.sim_sigma0}, lr = {args.sim_lr}, {steps} steps, {len(args.seeds)} seeds.",
+        "",
+        "| schedule | dead early | dead all | A@0.5 (%) | mIoU | final sigma |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, res in out.items():
+        lines.append(
+            f"| {name} | {common.fmt_pm(r['dead_early'] for r in res)} | {common.fmt_pm(r['dead_all'] for r in res)} | "
+            f"{common.fmt_pm((r['A@0.5'] for r in res), 1)} | {common.fmt_pm((r['mIoU'] for r in res), 3)} | "
+            f"{common.fmt_pm((r['final_sigma'] for r in res), 3)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
+    parser.add_argument("--steps", type=int, default=80, help="GRPO steps per run")
+    parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=4, help="completions per prompt (num_generations)")
+    parser.add_argument("--window", type=int, default=10, help="curriculum window N (local config: 10)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--max-completion-length", type=int, default=40)
+    parser.add_argument("--n", type=int, default=160, help="synthetic images")
+    parser.add_argument("--target-scale", type=float, default=1.0)
+    parser.add_argument("--contrast", type=float, default=0.35)
+    parser.add_argument("--blur", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", default="/tmp/medloc_bench_curriculum")
+    parser.add_argument("--experiment", default="medloc-bench")
+    parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--simulate", action="store_true", help="also run the policy-free simulation (extra)")
+    parser.add_argument("--sim-only", action="store_true", help="only the policy-free simulation")
+    parser.add_argument("--sim-sigma0", type=float, default=0.5)
+    parser.add_argument("--sim-lr", type=float, default=0.05)
+    args = parser.parse_args(argv)
+
+    common.limit_threads(args.threads)
+    t_start = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    prepared = common.synthetic_prepared(
+        work / "data",
+        n=args.n,
+        target_scale=args.target_scale,
+        contrast=args.contrast,
+        blur=args.blur,
+    )
+    counts = prepared["split"].value_counts().to_dict()
+    print(f"data: {counts}; {common.machine_note()}")
+    if args.simulate or args.sim_only:
+        sim = simulate(args, prepared)
+        print(sim)
+        common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (common.RESULTS_DIR / "curriculum_simulation.md").write_text(sim)
+        if args.sim_only:
+            return
+
+    if not args.no_mlflow:
+        from medloc_core import tracking
+
+        tracking.configure_mlflow(args.experiment)
+    note_start = common.machine_note()
+    runs: list[dict[str, Any]] = []
+    sft_evals: dict[int, dict[str, float]] = {}
+    for seed in args.seeds:
+        sft_dir = run_sft(prepared, seed, args.sft_steps, work)
+        sft_evals[seed] = evaluate(sft_dir, prepared, args.max_completion_length)
+        for name in args.schedules:
+            run = grpo_run(prepared, name, seed, sft_dir, args, work)
+            s = run["summary"]
+            if not args.no_mlflow:
+                run["mlflow_run_id"] = log_mlflow(run, args.experiment)
+            runs.append(run)
+            print(
+                f"  {name:8s} seed {seed}: dead(acc) early {s['dead_acc_early']:.2f} all {s['dead_acc_all']:.2f}; "
+                f"A@0.5 {s['A@0.5']:.1f} mIoU {s['mIoU']:.3f}; tau -> {s['final_tau']}; "
+                f"{s['wall_s']:.0f} s ({s['seconds_per_step']:.2f} s/step); elapsed {time.perf_counter() - t_start:.0f} s"
+            )
+    total = time.perf_counter() - t_start
+    note = f"Whole script {total / 60:.1f} min, {args.threads} torch thread(s); start: {note_start}; end: {common.machine_note()}."
+    md = write_outputs(runs, sft_evals, args, note)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

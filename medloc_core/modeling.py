@@ -1,0 +1,493 @@
+"""Load a vision-language model by name or path, and build a tiny Qwen2.5-VL offline.
+
+Two jobs, one idea (where the model comes from):
+
+* ``load_model`` / ``load_processor`` load any Qwen2.5-VL folder or Hub id (``Qwen/Qwen2.5-VL-3B-Instruct`` is
+  the GPU default), optionally with a LoRA (peft) or MLAE adapter folder on top.
+* ``build_tiny_qwen25vl`` writes a randomly initialised, deterministic Qwen2.5-VL (about 0.2 M parameters,
+  < 1 MB) with a byte-level BPE tokenizer trained here on prompt-like text (Qwen's special tokens, Qwen's
+  pre-tokenizer with one token per digit, Qwen's chat template). It is the architecture used in production,
+  so CPU tests exercise the same code path as GPU runs.
+
+Without torchvision (CPU boxes: PyPI only has CUDA builds), ``AutoProcessor`` cannot load any Qwen2/2.5-VL
+folder because the video processor needs torchvision. ``load_processor`` then falls back to
+:class:`Qwen25VLImageOnlyProcessor`, which saves itself as ``Qwen2_5_VLProcessor`` so the same folder still
+loads with plain ``AutoProcessor`` where torchvision works.
+
+Images are resized by Qwen's ``smart_resize`` to multiples of 28 px with ``min_pixels <= h*w <= max_pixels``;
+boxes in prompts and completions are absolute pixels of that resized (model-input) frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from medloc_core import prompts
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+TINY_MIN_PIXELS = 56 * 56
+TINY_MAX_PIXELS = 112 * 112
+TINY_VOCAB_SIZE = 640
+
+# Qwen2.5-VL's special tokens, in Qwen's order (ids 0..13 here instead of 151643+).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# Same string as transformers' qwen2 PRETOKENIZE_REGEX: Qwen2Tokenizer rebuilds its pre-tokenizer from it, so
+# a BPE trained with any other pre-tokenizer would tokenize differently depending on the loader.
+QWEN_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# Qwen2.5-VL-Instruct's chat template (default system turn; image parts render as vision_start/pad/end).
+QWEN25VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Size knobs of the offline model. "tiny" is the test/CPU default (~0.2 M params); "small" ~3.7 M.
+TINY_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden": 64, "inter": 128, "layers": 2, "heads": 4, "kv": 2, "v_hidden": 32, "v_depth": 2},
+    "small": {"hidden": 256, "inter": 512, "layers": 4, "heads": 4, "kv": 2, "v_hidden": 128, "v_depth": 4},
+}
+
+# Vocabulary of the tokenizer corpus: words likely in grounding queries and labels (synthetic + medical).
+_QUERY_TEMPLATES = (
+    "Locate the {label} in the image.",
+    "Find the {label}.",
+    "Where is the {label}?",
+    "Please locate the {label} in this {modality} image.",
+    "Detect the {label} in the {modality} image and give its bounding box.",
+    "Outline the region of the {label}.",
+    "Give the bounding box of the {label}.",
+)
+_LABELS = (
+    "lesion",
+    "skin lesion",
+    "pigmented lesion",
+    "melanoma",
+    "nevus",
+    "nodule",
+    "thyroid nodule",
+    "tumor",
+    "mass",
+    "calcaneus",
+    "heel",
+    "bone",
+    "fracture",
+    "cyst",
+    "polyp",
+    "blob",
+    "bright blob",
+    "bright spot",
+    "dark spot",
+    "ellipse",
+    "bright ellipse",
+    "circle",
+    "square",
+    "rectangle",
+    "triangle",
+    "object",
+    "region",
+    "structure",
+    "finding",
+    "abnormality",
+)
+_MODALITIES = ("dermoscopy", "ultrasound", "X-ray", "CT", "MRI", "synthetic", "medical", "grayscale")
+_PRIOR_KNOWLEDGE = (
+    "A lesion is a region of abnormal tissue; it often looks brighter or darker than its surroundings.",
+    "Thyroid nodules appear as round hypoechoic regions in ultrasound images.",
+    "Skin lesions have irregular borders and uneven color in dermoscopy.",
+    "The target is a small bright elliptical region with blurred boundaries on a noisy background.",
+)
+_FILLER_WORDS = (
+    "the image shows a small bright region near the center left right top bottom corner of the picture "
+    "with low contrast and blurred boundaries so the box covers it I think it is visible here"
+)
+
+
+def _tokenizer_corpus(seed: int) -> list[str]:
+    """Deterministic training text: prompt instructions, queries, chat turns, JSON boxes and digits."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    for _ in range(40):
+        lines += [prompts.THINK_INSTRUCTION, prompts.ANSWER_INSTRUCTION, DEFAULT_SYSTEM_PROMPT]
+    for _ in range(3000):
+        label = rng.choice(_LABELS)
+        query = rng.choice(_QUERY_TEMPLATES).format(label=label, modality=rng.choice(_MODALITIES))
+        style = rng.choice(prompts.ANSWER_STYLES)
+        prior = rng.choice(_PRIOR_KNOWLEDGE) if rng.random() < 0.2 else None
+        x1, y1 = rng.randint(0, 400), rng.randint(0, 400)
+        box = (x1, y1, x1 + rng.randint(1, 200), y1 + rng.randint(1, 200))
+        lines.append(prompts.build_prompt_text(query, prior_knowledge=prior, answer_style=style))
+        lines.append(prompts.target_completion(box, label, answer_style=style))
+        lines.append(json.dumps({"bbox_2d": list(box), "label": label}))
+        lines.append(" ".join(str(rng.randint(0, 1000)) for _ in range(8)))
+    words = _FILLER_WORDS.split()
+    for _ in range(500):
+        lines.append(" ".join(rng.choice(words) for _ in range(12)))
+    for _ in range(200):
+        lines.append(
+            f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+            "<|vision_start|><|image_pad|><|vision_end|>"
+        )
+        lines.append("<|im_end|>\n<|im_start|>assistant\n")
+    return lines
+
+
+def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE):
+    """Train a Qwen-compatible byte-level BPE on :func:`_tokenizer_corpus` and wrap it for transformers.
+
+    Returns a ``PreTrainedTokenizerFast`` with eos ``<|im_end|>``, pad ``<|endoftext|>``, left padding and the
+    Qwen2.5-VL chat template.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(seed), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = QWEN25VL_CHAT_TEMPLATE
+    return fast
+
+
+def _image_only_processor_class():
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class Qwen25VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+        """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision).
+
+        ``ProcessorMixin`` derives its sub-processors from the ``__init__`` signature, so dropping the
+        ``video_processor`` argument makes a valid image+text processor; chat templating, image-token
+        expansion and ``mm_token_type_ids`` are inherited. It saves itself as ``Qwen2_5_VLProcessor`` (with a
+        video-processor entry) so that ``AutoProcessor`` loads the folder on machines with torchvision.
+        """
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            if tokenizer is None:
+                raise ValueError("Qwen25VLImageOnlyProcessor needs a tokenizer")
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+        def to_dict(self) -> dict[str, Any]:
+            out = super().to_dict()
+            out["processor_class"] = "Qwen2_5_VLProcessor"
+            return out
+
+        def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+            result = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+            _rewrite_processor_class(Path(save_directory), self.image_processor)
+            return result
+
+    return Qwen25VLImageOnlyProcessor
+
+
+def _rewrite_processor_class(folder: Path, image_processor: Any) -> None:
+    """Make the saved JSON name ``Qwen2_5_VLProcessor`` and describe a video processor for AutoProcessor.
+
+    An unknown ``processor_class`` makes ``AutoProcessor`` silently return a bare tokenizer, and a missing
+    video-processor entry makes it fail on machines where the real processor class is available.
+    """
+    for name in ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if "processor_class" in data:
+            data["processor_class"] = "Qwen2_5_VLProcessor"
+        if name == "processor_config.json" and "video_processor" not in data:
+            ip = getattr(image_processor, "to_dict", dict)()
+            data["video_processor"] = {
+                "video_processor_type": "Qwen2VLVideoProcessor",
+                "patch_size": ip.get("patch_size", 14),
+                "temporal_patch_size": ip.get("temporal_patch_size", 2),
+                "merge_size": ip.get("merge_size", 2),
+                "size": ip.get("size", {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}),
+                "image_mean": ip.get("image_mean"),
+                "image_std": ip.get("image_std"),
+            }
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def __getattr__(name: str):  # lazy: importing transformers costs seconds
+    if name == "Qwen25VLImageOnlyProcessor":
+        return _image_only_processor_class()
+    raise AttributeError(name)
+
+
+def _is_processor(obj: Any) -> bool:
+    from transformers.processing_utils import ProcessorMixin
+
+    return isinstance(obj, ProcessorMixin) and getattr(obj, "image_processor", None) is not None
+
+
+def load_processor(name_or_path: str | os.PathLike, **kwargs: Any):
+    """Load the multimodal processor of a Qwen2.5-VL folder or Hub id.
+
+    ``AutoProcessor`` first (the real path on GPU nodes with torchvision). If it fails, or silently returns a
+    bare tokenizer, fall back to :class:`Qwen25VLImageOnlyProcessor` (image + text only). Raises ``ValueError``
+    when neither yields a processor with an image processor.
+    """
+    from transformers import AutoProcessor
+
+    source = str(name_or_path)
+    auto_error: Exception | None = None
+    try:
+        proc = AutoProcessor.from_pretrained(source, **kwargs)
+        if _is_processor(proc):
+            return proc
+        auto_error = TypeError(f"AutoProcessor returned {type(proc).__name__}, not a multimodal processor")
+    except Exception as exc:  # torchvision missing -> video processor import/OSError
+        auto_error = exc
+    logger.debug("AutoProcessor failed for %s (%s); using the image-only processor", source, auto_error)
+    cls = _image_only_processor_class()
+    try:
+        proc = cls.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ValueError(
+            f"cannot load a Qwen2.5-VL processor from {source!r}: AutoProcessor said {auto_error!r}; "
+            f"the image-only fallback said {exc!r}"
+        ) from exc
+    if not _is_processor(proc):
+        raise ValueError(f"{source!r} holds no image processor (got {type(proc).__name__})")
+    return proc
+
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    device_map: str | dict | None = None,
+    adapter_dir: str | os.PathLike | None = None,
+    merge_adapter: bool = True,
+):
+    """Load a Qwen2.5-VL (or any image-text-to-text) model, optionally with an adapter on top.
+
+    ``name_or_path`` may itself be an adapter folder (``adapter_config.json`` from peft, or
+    ``mlae_config.json`` from :mod:`medloc_core.mlae`); its base model is then loaded from the path recorded in
+    the adapter config. ``adapter_dir`` adds an adapter explicitly. With ``merge_adapter`` (default) the adapter
+    is folded into the base weights, so the result is a plain model for inference.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    path = Path(name_or_path)
+    if adapter_dir is None and path.is_dir() and not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file() or (path / "mlae_config.json").is_file():
+            adapter_dir, name_or_path = path, _adapter_base(path)
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(name_or_path), dtype=_torch_dtype(dtype), device_map=device_map
+    )
+    if adapter_dir is not None:
+        model = attach_adapter(model, adapter_dir, merge=merge_adapter)
+    model.eval()
+    return model
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("mlae_config.json", "base_model")):
+        cfg = adapter_dir / name
+        if cfg.is_file():
+            base = json.loads(cfg.read_text(encoding="utf-8")).get(key)
+            if not base:
+                raise ValueError(f"{cfg}: field {key!r} (the base model) is missing")
+            return str(base)
+    raise ValueError(f"{adapter_dir}: no adapter_config.json or mlae_config.json")
+
+
+def attach_adapter(model, adapter_dir: str | os.PathLike, *, merge: bool = True):
+    """Put a saved LoRA (peft) or MLAE adapter from ``adapter_dir`` on ``model``; merge it when asked."""
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / "mlae_config.json").is_file():
+        from medloc_core import mlae
+
+        mlae.load_mlae(model, adapter_dir)
+        if merge:
+            mlae.merge_mlae(model)
+        return model
+    if (adapter_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return peft_model.merge_and_unload() if merge else peft_model
+    raise ValueError(f"{adapter_dir}: not an adapter folder (no adapter_config.json or mlae_config.json)")
+
+
+def build_tiny_qwen25vl(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    size: str = "tiny",
+    min_pixels: int = TINY_MIN_PIXELS,
+    max_pixels: int = TINY_MAX_PIXELS,
+) -> Path:
+    """Write a randomly initialised Qwen2.5-VL, its tokenizer and processor to ``out_dir``; return the path.
+
+    Deterministic for a given ``seed``/``size``. ``tiny`` is ~0.2 M parameters (< 1 MB of fp32 safetensors);
+    ``small`` is ~3.7 M. The folder reloads offline with ``AutoModelForImageTextToText`` and
+    :func:`load_processor`. Images are resized to ``min_pixels <= h*w <= max_pixels`` (multiples of 28 px).
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if size not in TINY_SIZES:
+        raise ValueError(f"size must be one of {sorted(TINY_SIZES)}, got {size!r}")
+    if not 0 < min_pixels <= max_pixels:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+    knobs = TINY_SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = build_tiny_tokenizer(seed)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    pad_id, eos_id = ids["<|endoftext|>"], ids["<|im_end|>"]
+    head_dim = knobs["hidden"] // knobs["heads"]
+    # mrope sections must sum to head_dim / 2 (temporal, height, width).
+    half = head_dim // 2
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": knobs["hidden"],
+            "intermediate_size": knobs["inter"],
+            "num_hidden_layers": knobs["layers"],
+            "num_attention_heads": knobs["heads"],
+            "num_key_value_heads": knobs["kv"],
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+            "bos_token_id": pad_id,
+            "eos_token_id": eos_id,
+            "pad_token_id": pad_id,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "depth": knobs["v_depth"],
+            "hidden_size": knobs["v_hidden"],
+            "intermediate_size": 2 * knobs["v_hidden"],
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "out_hidden_size": knobs["hidden"],
+            "fullatt_block_indexes": [knobs["v_depth"] - 1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=pad_id, do_sample=False
+    )
+    model.save_pretrained(out)
+
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
+    processor = _image_only_processor_class()(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN25VL_CHAT_TEMPLATE
+    )
+    processor.save_pretrained(out)
+    (out / "medloc_tiny_model.json").write_text(
+        json.dumps({"seed": seed, "size": size, "min_pixels": min_pixels, "max_pixels": max_pixels}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
+    return out
+
+
+def ensure_tiny_model(
+    cache_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    size: str = "tiny",
+    min_pixels: int = TINY_MIN_PIXELS,
+    max_pixels: int = TINY_MAX_PIXELS,
+) -> Path:
+    """Return ``cache_dir/<size>-s<seed>-<min>-<max>``, building the tiny model there once if it is missing."""
+    folder = Path(cache_dir) / f"qwen25vl-{size}-s{seed}-{min_pixels}-{max_pixels}"
+    marker = folder / "medloc_tiny_model.json"
+    if marker.is_file() and (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    build_tiny_qwen25vl(tmp, seed=seed, size=size, min_pixels=min_pixels, max_pixels=max_pixels)
+    if folder.exists():  # a concurrent build finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+    tmp.rename(folder)
+    return folder

@@ -1,0 +1,128 @@
+"""``medloc build-tiny-model`` and ``medloc train``: the training area of the ``medloc`` command.
+
+Heavy imports (torch, transformers, trl) happen inside the handlers so ``medloc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``build-tiny-model`` and ``train`` subcommands."""
+    p = subparsers.add_parser(
+        "build-tiny-model",
+        help="write the tiny offline Qwen2.5-VL (random weights, trained tokenizer, processor) to a folder",
+        description=(
+            "Build a deterministic, randomly initialised Qwen2.5-VL (~0.2 M parameters for 'tiny') with a "
+            "tokenizer trained offline; the folder reloads with transformers' from_pretrained offline."
+        ),
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-pixels", type=int, default=56 * 56, help="processor's minimum image area (pixels)")
+    p.add_argument(
+        "--max-pixels", type=int, default=112 * 112, help="processor's maximum image area (pixels)"
+    )
+    p.set_defaults(func=_build_tiny_model)
+
+    t = subparsers.add_parser(
+        "train",
+        help="GRPO training with the MedLoc curriculum on prepared data",
+        description=(
+            "Train on the split=='train' rows of a prepared table (parquet, csv or jsonl with prompt_text, "
+            "image_path, in_x1..in_y2, ...). The config is a YAML/JSON file holding either the training "
+            "mapping itself, a 'training' key, or a pipeline config with parameters.training. Writes "
+            "checkpoints, history.jsonl (one line per step) and final/ (model + processor) under --out; "
+            "re-running resumes from the last checkpoint unless --no-resume."
+        ),
+    )
+    t.add_argument("--data", required=True, type=Path, help="prepared table (.parquet, .csv or .jsonl)")
+    t.add_argument("--config", required=True, type=Path, help="YAML or JSON training config")
+    t.add_argument("--out", required=True, type=Path, help="output folder")
+    t.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (VALUE parsed as YAML), e.g. --set max_steps=10",
+    )
+    t.set_defaults(func=_train)
+
+
+def load_training_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The training mapping from a YAML/JSON file, with ``KEY=VALUE`` overrides applied."""
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    if isinstance(data.get("parameters"), Mapping) and "training" in data["parameters"]:
+        data = data["parameters"]["training"]
+    elif isinstance(data.get("training"), Mapping):
+        data = data["training"]
+    data = dict(data or {})
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        data[key.strip()] = yaml.safe_load(value)
+    return data
+
+
+def read_table(path: Path) -> Any:
+    """Read a prepared table by extension."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise ValueError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=suffix == ".jsonl")
+    raise ValueError(f"{path}: unsupported table format {suffix!r} (use .parquet, .csv or .jsonl)")
+
+
+def _build_tiny_model(args: argparse.Namespace) -> int:
+    from medloc_core.modeling import build_tiny_qwen25vl
+
+    out = build_tiny_qwen25vl(
+        args.out, seed=args.seed, size=args.size, min_pixels=args.min_pixels, max_pixels=args.max_pixels
+    )
+    print(out)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medloc_core.training import TrainingConfig, train
+
+    config = TrainingConfig.from_dict(load_training_config(args.config, args.overrides))
+    df = read_table(args.data)
+    result = train(df, config, args.out, resume=not args.no_resume)
+    summary = {
+        "model_dir": str(result.model_dir),
+        "steps": result.steps,
+        "final_threshold": result.final_threshold,
+        "num_raises": result.num_raises,
+        "seconds_per_step": round(result.seconds_per_step, 4),
+        "peak_rss_mb": round(result.peak_rss_mb, 1),
+        "history": str(Path(args.out) / "history.jsonl"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,86 @@
+"""`medloc_training` on the local orchestrator with the S3 artifact store (loopback moto server) and a real
+MLflow tracking server (loopback, artifacts proxied into the same bucket): the scale-out path of issue #6,
+minus the cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from s3_server import MlflowServer, S3Server, mlflow_s3, s3  # noqa: F401  (fixtures)
+from test_pipeline_e2e import MAX_STEPS, shrunken_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+    mlflow_s3: MlflowServer,  # noqa: F811
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MEDLOC_", "AWS_", "MLFLOW_"))}
+    env.update(
+        ZENML_CONFIG_PATH=str(tmp_path / "zenml" / "config"),
+        ZENML_LOCAL_STORES_PATH=str(tmp_path / "zenml" / "stores"),
+        ZENML_ANALYTICS_OPT_IN="false",
+        ZENML_LOGGING_COLORS_DISABLED="true",
+        ZENML_DISABLE_INTERACTIVE_INPUT="true",
+        MEDLOC_HOME=str(tmp_path / "home"),
+        MLFLOW_TRACKING_URI=mlflow_s3.tracking_uri,
+        MEDLOC_MLFLOW_USERNAME="medloc",  # the server is unauthenticated; ZenML insists on credentials
+        MEDLOC_MLFLOW_PASSWORD="unused",
+        HF_HUB_OFFLINE="1",
+        **s3.stack_env,
+    )
+    bin_dir = Path(sys.executable).parent
+    register = subprocess.run(
+        [
+            sys.executable,
+            "infra/stacks.py",
+            "local-s3",
+            "--set",
+            "--mlflow-uri",
+            mlflow_s3.tracking_uri,
+            "--s3-endpoint",
+            s3.endpoint_url,
+            "--bucket",
+            s3.bucket,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert register.returncode == 0, register.stdout[-2000:] + register.stderr[-3000:]
+    run = subprocess.run(
+        [str(bin_dir / "zenml"), "pipeline", "run", "medloc_training", "-c", str(shrunken_config(tmp_path))],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+
+    # ZenML artifacts of this run (records table, the trained model folder archive) are in the bucket.
+    keys = s3.keys("zenml/")
+    assert any(k.endswith("data.tar.gz") for k in keys), keys[:30]  # Path materializer: the model folder
+    assert any("records" in k for k in keys), keys[:30]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_s3.tracking_uri)
+    experiment = client.get_experiment_by_name("medloc")
+    (mlflow_run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(mlflow_run.info.run_id, "curriculum/threshold")
+    assert len(history) == MAX_STEPS
+    version = client.get_model_version_by_alias("medloc-grounder", "challenger")
+    assert version.tags["medloc.run_id"] == mlflow_run.info.run_id
+    mlflow_keys = s3.keys("mlflow/")
+    run_id = mlflow_run.info.run_id
+    assert any(k.endswith(f"{run_id}/artifacts/plots/curriculum.png") for k in mlflow_keys), mlflow_keys[:30]

@@ -1,0 +1,455 @@
+"""GRPO training on the tiny offline Qwen2.5-VL: config, curriculum wiring, resume, adapters, GPU options."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+
+from medloc_core import prompts  # noqa: E402
+from medloc_core.training import TrainingConfig, build_grpo_config, check_frames, train_rows  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED_METRICS = {
+    "curriculum/threshold",
+    "curriculum/hit_rate",
+    "curriculum/reward_std",
+    "curriculum/iou_margin",
+    "curriculum/raised",
+    "curriculum/num_raises",
+    "curriculum/cond_reward",
+    "curriculum/cond_stability",
+    "curriculum/cond_margin",
+    "train/frac_reward_zero_std",
+    "train/reward",
+    "train/reward_std",
+    "train/loss",
+    "train/grad_norm",
+    "train/parse_failure_rate",
+    "train/iou_mean",
+    "train/rewards/iou_accuracy_reward/mean",
+    "train/rewards/format_reward/mean",
+}
+FORCED = {"window": 2, "use_reward_check": False, "use_stability_check": False, "use_margin_check": False}
+
+
+def make_prepared(
+    folder: Path, n: int = 16, size: int = 112, datasets=("synth",), seed: int = 0
+) -> pd.DataFrame:
+    """A prepared table like the data pipeline's: one bright blurred ellipse per noisy 112x112 image."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        arr = np.clip(rng.normal(70, 12, (size, size)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr).convert("RGB")
+        w, h = (int(v) for v in rng.integers(14, 40, 2))
+        x1, y1 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+        v = int(rng.integers(180, 240))
+        ImageDraw.Draw(img).ellipse([x1, y1, x1 + w, y1 + h], fill=(v, v, v))
+        path = folder / f"img{i}.png"
+        img.filter(ImageFilter.GaussianBlur(1)).save(path)
+        query = "Locate the bright blob in the image."
+        rows.append(
+            dict(
+                record_id=f"r{i}",
+                dataset=datasets[i % len(datasets)],
+                image_path=str(path),
+                query=query,
+                x1=x1,
+                y1=y1,
+                x2=x1 + w,
+                y2=y1 + h,
+                image_width=size,
+                image_height=size,
+                group_id=f"g{i}",
+                split="train" if i < n - 2 else "test",
+                meta="{}",
+                prompt_text=prompts.build_prompt_text(query),
+                input_width=size,
+                input_height=size,
+                in_x1=float(x1),
+                in_y1=float(y1),
+                in_x2=float(x1 + w),
+                in_y2=float(y1 + h),
+                label="bright blob",
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def _cfg(**kw) -> TrainingConfig:
+    base = dict(
+        use_cpu=True, progress=False, beta=0.0, save_steps=0, learning_rate=3e-4, max_completion_length=48
+    )
+    base.update(kw)
+    return TrainingConfig.from_dict(base)
+
+
+def _training_section(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["training"]
+
+
+# ------------------------------------------------------------------------------------------ fast tests
+
+
+def test_config_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown key.*'bogus'"):
+        TrainingConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        TrainingConfig.from_dict({"num_generations": 4, "per_device_train_batch_size": 6})
+    with pytest.raises(ValueError, match="schedule"):
+        TrainingConfig.from_dict({"schedule": "cosine"})
+    with pytest.raises(ValueError, match="only applies to schedule 'medloc'"):
+        TrainingConfig.from_dict({"schedule": "fixed", "curriculum": {"window": 5}})
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainingConfig.from_dict({"learning_rate": "fast"})
+    with pytest.raises(ValueError, match="unknown field"):
+        TrainingConfig.from_dict({"curriculum": {"windw": 3}}).curriculum_config()
+    with pytest.raises(ValueError, match="target_modules"):
+        TrainingConfig.from_dict({"target_modules": []})
+    assert TrainingConfig(target_modules=r".*\.q_proj").target_modules_arg == r".*\.q_proj"
+    with pytest.raises(ValueError, match="torch_threads"):
+        TrainingConfig(torch_threads=0)
+    cfg = TrainingConfig.from_dict({"learning_rate": "1e-6", "max_steps": 10.0})
+    assert cfg.learning_rate == 1e-6 and cfg.max_steps == 10 and isinstance(cfg.max_steps, int)
+    assert TrainingConfig().beta == 0.04  # VLM-R1's value (A7), not the digest's 0.4
+
+
+def test_repo_configs_load() -> None:
+    gpu = TrainingConfig.from_dict(_training_section("medloc_training_gpu.yaml"))
+    assert gpu.model_name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert (gpu.num_generations, gpu.temperature, gpu.learning_rate, gpu.beta) == (8, 0.9, 1e-6, 0.04)
+    assert gpu.bf16 and gpu.gradient_checkpointing and not gpu.use_cpu
+    assert gpu.curriculum_config().tau0 == 0.3
+    local = TrainingConfig.from_dict(_training_section("medloc_training_local.yaml"))
+    assert local.model_name_or_path == "tiny" and local.use_cpu and local.sft_warmup_steps > 0
+
+
+def test_vllm_requested_without_vllm_is_a_clear_error(tmp_path) -> None:
+    pytest.importorskip("trl")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ValueError, match="vLLM is not installed"):
+        build_grpo_config(_cfg(use_vllm=True), tmp_path, [1.0, 1.0])
+
+
+def test_train_rows_errors_name_the_record(tmp_path) -> None:
+    df = make_prepared(tmp_path / "img", n=4)
+    assert len(train_rows(df)) == 2
+    with pytest.raises(ValueError, match="missing column.*in_x1"):
+        train_rows(df.drop(columns=["in_x1"]))
+    with pytest.raises(ValueError, match="no split=='train' rows"):
+        train_rows(df.assign(split="test"))
+    bad = df.copy()
+    bad.loc[1, "in_x2"] = bad.loc[1, "in_x1"] - 1
+    with pytest.raises(ValueError, match="record_id='r1'"):
+        train_rows(bad)
+
+
+def test_frames_must_match_the_processor(tmp_path) -> None:
+    from medloc_core import modeling
+
+    proc = modeling.load_processor(modeling.ensure_tiny_model(tmp_path / "models"))
+    df = make_prepared(tmp_path / "img", n=4)
+    check_frames(train_rows(df), proc)
+    with pytest.raises(ValueError, match="record_id='r0'.*224x224.*max_pixels=12544"):
+        check_frames(train_rows(df.assign(input_width=224, input_height=224)), proc)
+
+
+# ------------------------------------------------------------------------------------------ GRPO runs
+
+
+class _Hooks:
+    """Counts vision-tower forwards and snapshots weights when training (re)starts."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        outer = self
+        self.vision_calls = 0
+        self.snapshot: dict | None = None
+        self.start_step: int | None = None
+
+        class CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kw):
+                outer.start_step = state.global_step
+                outer.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                visual = [m for n, m in model.named_modules() if n.endswith("visual")]
+                assert visual, "no vision tower found"
+                visual[0].register_forward_hook(outer._count)
+
+        self.callback = CB()
+
+    def _count(self, module, inputs, output) -> None:
+        self.vision_calls += 1
+
+
+class _CrashAt:
+    def __init__(self, step: int) -> None:
+        from transformers import TrainerCallback
+
+        target = step
+
+        class CB(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == target:
+                    raise KeyboardInterrupt(f"simulated crash at step {target}")
+
+        self.callback = CB()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> pd.DataFrame:
+    return make_prepared(tmp_path_factory.mktemp("data"), n=18)
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, data):
+    """SFT warm-up on the tiny model, then 3 GRPO steps with the MedLoc curriculum."""
+    from medloc_core.training import train
+
+    root = tmp_path_factory.mktemp("sft_run")
+    sink: list[tuple[int, dict]] = []
+    hooks = _Hooks()
+    cfg = _cfg(
+        model_name_or_path="tiny",
+        tiny_model_dir=str(root / "models"),
+        sft_warmup_steps=80,
+        max_steps=3,
+        format_partial_credit=True,
+    )
+    result = train(
+        data,
+        cfg,
+        root / "out",
+        metrics_sink=lambda m, s: sink.append((s, dict(m))),
+        callbacks=[hooks.callback],
+    )
+    return {"result": result, "sink": sink, "hooks": hooks, "out": root / "out", "sft": root / "out" / "sft"}
+
+
+@pytest.mark.slow
+def test_grpo_after_sft_warmup_logs_the_curriculum_every_step(sft_run) -> None:
+    from medloc_core import modeling
+
+    res, sink, hooks = sft_run["result"], sft_run["sink"], sft_run["hooks"]
+    assert res.sft["steps"] == 80 and res.sft["last_loss"] < 0.5 * res.sft["first_loss"]
+    assert res.steps == 3 and [s for s, _ in sink] == [1, 2, 3]
+    assert [r["step"] for r in res.history] == [1, 2, 3]
+    for _step, metrics in sink:
+        assert REQUIRED_METRICS <= set(metrics), REQUIRED_METRICS - set(metrics)
+        assert metrics["curriculum/threshold"] == 0.3  # window 30 cannot fill in 3 steps: no raise
+        assert math.isfinite(metrics["train/loss"])
+        assert math.isfinite(metrics["train/grad_norm"]) and metrics["train/grad_norm"] > 0
+        assert 0.0 <= metrics["train/parse_failure_rate"] < 1.0  # the warm-up made boxes parseable
+    lines = (sft_run["out"] / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+    # generate + loss forward each encode the image: at least two vision-tower calls per step.
+    assert hooks.vision_calls >= 2 * res.steps
+    assert res.seconds_per_step > 0 and res.peak_rss_mb > 100
+    assert res.final_threshold == 0.3 and res.num_raises == 0
+    model = modeling.load_model(res.model_dir)
+    proc = modeling.load_processor(res.model_dir)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration" and proc.image_processor is not None
+    summary = json.loads((res.model_dir / "medloc_training.json").read_text())
+    assert summary["steps"] == 3 and summary["config"]["schedule"] == "medloc"
+
+
+@pytest.mark.slow
+def test_forced_ready_stream_raises_tau_and_kill_resume_restores_state(sft_run, data, tmp_path) -> None:
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from medloc_core.training import prepare_training, train
+
+    out = tmp_path / "run"
+    cfg = _cfg(
+        model_name_or_path=str(sft_run["sft"]),
+        max_steps=5,
+        save_steps=2,
+        curriculum=FORCED,
+        learning_rate=1e-3,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cfg, out, callbacks=[_CrashAt(3).callback])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    saved = json.loads((out / "checkpoint-2" / "curriculum_state.json").read_text())
+    # Window of 2 with every check disabled: step 2 fills the window and raises 0.3 -> 0.45.
+    assert saved["global_step"] == 2 and saved["schedule"]["tau"] == 0.45
+    assert saved["schedule"]["num_raises"] == 1 and len(saved["schedule"]["window"]) == 1
+    crashed_rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in crashed_rows] == [1, 2]  # step 3 crashed before it was logged
+
+    hooks = _Hooks()
+    session = prepare_training(data, cfg, out, metrics_sink=lambda m, s: None, callbacks=[hooks.callback])
+    assert session.resume_checkpoint == str(out / "checkpoint-2")
+    assert session.schedule.state_dict() == saved["schedule"]  # τ, window, raise count, step counter
+    result = session.run()
+    assert hooks.start_step == 2
+    ckpt = AutoModelForImageTextToText.from_pretrained(out / "checkpoint-2").state_dict()
+    base = AutoModelForImageTextToText.from_pretrained(sft_run["sft"]).state_dict()
+    assert set(ckpt) == set(hooks.snapshot)
+    assert all(torch.equal(ckpt[k], hooks.snapshot[k]) for k in ckpt)  # weights restored exactly
+    assert not all(torch.equal(base[k], ckpt[k]) for k in ckpt)  # ...and they are not the starting weights
+
+    rows = result.history
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["curriculum/threshold"] for r in rows] == [0.3, 0.3, 0.45, 0.6, 0.7]  # raise applies next step
+    assert [r["curriculum/raised"] for r in rows] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert [r["curriculum/num_raises"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert result.final_threshold == 0.8 and result.num_raises == 4 and result.steps == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["lora", "mlae"])
+def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from medloc_core import mlae, modeling
+    from medloc_core.training import prepare_training, train
+
+    base = AutoModelForImageTextToText.from_pretrained(sft_run["sft"]).state_dict()
+    out = tmp_path / adapter
+    cfg = _cfg(
+        model_name_or_path=str(sft_run["sft"]),
+        adapter=adapter,
+        max_steps=3,
+        save_steps=1,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        mlae_drop_rate=0.25,
+        format_partial_credit=True,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cfg, out, callbacks=[_CrashAt(2).callback])
+    ckpt = out / "checkpoint-1"
+    weights_file = "adapter_model.safetensors" if adapter == "lora" else mlae.MLAE_WEIGHTS_NAME
+    saved = load_file(str(ckpt / weights_file))
+    assert saved, "checkpoint holds adapter tensors"
+
+    hooks = _Hooks()
+    session = prepare_training(data, cfg, out, metrics_sink=lambda m, s: None, callbacks=[hooks.callback])
+    model = session.trainer.model
+    session.run()
+    # The adapter tensors at restart are exactly the checkpoint's.
+    live = hooks.snapshot
+    for key, value in saved.items():
+        match = [k for k in live if k.replace(".default", "").endswith(key.split("base_model.model.")[-1])]
+        assert len(match) == 1, (key, match[:3])
+        assert torch.equal(live[match[0]], value)
+    # Adapter parameters moved away from their zero init; the base weights did not change.
+    if adapter == "lora":
+        b_norm = sum(p.abs().sum().item() for n, p in model.named_parameters() if "lora_B" in n)
+        frozen = {
+            n.replace("base_model.model.", "").replace(".base_layer", ""): p
+            for n, p in model.named_parameters()
+        }
+    else:
+        b_norm = sum(m.mlae_B.abs().sum().item() for m in mlae.mlae_modules(model).values())
+        lam = [m.mlae_lambda for m in mlae.mlae_modules(model).values()]
+        assert any(not torch.equal(v, torch.full_like(v, 8.0)) for v in lam)
+        frozen = {n.replace(".base_layer", ""): p for n, p in model.named_parameters()}
+    assert b_norm > 0
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(("lora_" in n) or ("mlae_" in n) for n in trainable)
+    checked = 0
+    for name, value in base.items():
+        if name in frozen:
+            assert torch.equal(frozen[name].detach(), value), name
+            checked += 1
+    assert checked >= 0.9 * len(base)
+    # final/ is a merged plain model plus the adapter folder.
+    final = out / "final"
+    assert (
+        final / "adapter" / ("adapter_config.json" if adapter == "lora" else mlae.MLAE_CONFIG_NAME)
+    ).is_file()
+    merged = modeling.load_model(final)
+    assert not mlae.mlae_modules(merged) and not any("lora_" in n for n, _ in merged.named_parameters())
+    # The adapter folder alone also loads (base model from its config, adapter merged) to the same weights.
+    from_adapter = modeling.load_model(final / "adapter").state_dict()
+    assert all(torch.allclose(from_adapter[k], v, atol=1e-6) for k, v in merged.state_dict().items())
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
+
+
+@pytest.mark.slow
+def test_gpu_config_options_build_and_step_on_cpu(sft_run, data, tmp_path) -> None:
+    from medloc_core.training import prepare_training
+
+    section = _training_section("medloc_training_gpu.yaml")
+    # Everything from the GPU config except what needs a GPU (bf16, vLLM) and the 3B weights.
+    section.update(
+        model_name_or_path=str(sft_run["sft"]),
+        bf16=False,
+        use_vllm=False,
+        use_cpu=True,
+        max_steps=1,
+        max_completion_length=24,
+        save_steps=0,
+        progress=False,
+    )
+    session = prepare_training(
+        data, TrainingConfig.from_dict(section), tmp_path / "gpu", metrics_sink=lambda m, s: None
+    )
+    args = session.trainer.args
+    assert (args.num_generations, args.temperature, args.learning_rate, args.beta) == (8, 0.9, 1e-6, 0.04)
+    assert args.gradient_checkpointing and args.gradient_accumulation_steps == 2
+    assert session.trainer.ref_model is not None  # beta > 0 with full fine-tuning: a frozen reference model
+    assert session.schedule.config.window == 30 and session.schedule.threshold == 0.3
+    result = session.run()
+    assert result.steps == 1 and math.isfinite(result.history[0]["train/loss"])
+
+
+@pytest.mark.slow
+def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> None:
+    from medloc_core.training import train
+
+    data = make_prepared(tmp_path / "img", n=18, datasets=("ham", "tn3k"))
+    seen: list[dict] = []
+    cfg = _cfg(
+        model_name_or_path=str(sft_run["sft"]),
+        schedule="raw_iou",
+        medgrpo_normalization=True,
+        medgrpo_fit_samples=4,
+        max_steps=2,
+    )
+    res = train(data, cfg, tmp_path / "medgrpo", metrics_sink=lambda m, s: seen.append(m))
+    stats = json.loads((tmp_path / "medgrpo" / "medgrpo_stats.json").read_text())
+    assert sorted(stats) == ["ham", "tn3k"] and all(
+        len(q) == 3 and q[0] <= q[1] <= q[2] for q in stats.values()
+    )
+    assert "train/rewards/medgrpo_raw_iou_reward/mean" in seen[0]
+    assert "curriculum/threshold" not in seen[0]  # raw IoU has no threshold
+    assert res.final_threshold is None
+
+    cfg = _cfg(
+        model_name_or_path=str(sft_run["sft"]), per_dataset_thresholds=True, curriculum=FORCED, max_steps=3
+    )
+    seen.clear()
+    res = train(data, cfg, tmp_path / "perds", metrics_sink=lambda m, s: seen.append(m))
+    for m in seen:
+        assert {"curriculum/ham/threshold", "curriculum/tn3k/threshold"} <= set(m)
+        assert REQUIRED_METRICS <= set(m)
+    assert seen[0]["curriculum/ham/threshold"] == 0.3 and seen[0]["curriculum/tn3k/threshold"] == 0.3
+    # Window 2, checks off: a dataset raises on its second observed step; with 3 steps one of the two datasets
+    # must appear in at least 2 of them.
+    assert res.num_raises >= 1
+    last = seen[-1]
+    assert last["curriculum/threshold"] == pytest.approx(
+        (last["curriculum/ham/threshold"] + last["curriculum/tn3k/threshold"]) / 2
+    )
