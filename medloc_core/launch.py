@@ -35,9 +35,11 @@ def accelerate_command(options: Mapping[str, Any]) -> list[str]:
     if num < 1:
         raise ValueError(f"training.accelerate.num_processes must be >= 1, got {num}")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num)]
-    if num > 1 and not options.get("cpu"):
+    if num > 1:
+        # torchrun-style launcher; for `cpu: true` the ranks form a gloo group because the training config sets
+        # use_cpu (accelerate's own --cpu flag would fall back to a single process).
         command.append("--multi_gpu")
-    if options.get("cpu"):
+    elif options.get("cpu"):
         command.append("--cpu")
     if options.get("mixed_precision"):
         command += ["--mixed_precision", str(options["mixed_precision"])]
@@ -62,8 +64,11 @@ def launch_training(
     out.mkdir(parents=True, exist_ok=True)
     data = out / "prepared.parquet"
     prepared_df.to_parquet(data, index=False)
+    training = dict(training)
+    if accelerate.get("cpu"):
+        training["use_cpu"] = True
     config = out / "training_config.json"
-    config.write_text(json.dumps(dict(training), indent=2, default=str))
+    config.write_text(json.dumps(training, indent=2, default=str))
     command = [
         *accelerate_command(accelerate),
         "-m",

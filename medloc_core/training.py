@@ -654,7 +654,12 @@ class TrainingSession:
     def run(self) -> TrainingResult:
         """Train (resuming when a checkpoint was found), save ``output_dir/final``, return the result."""
         self.trainer.train(resume_from_checkpoint=self.resume_checkpoint)
-        final = save_final_model(self)
+        accelerator = self.trainer.accelerator
+        main = accelerator.is_main_process
+        final = self.output_dir / "final"
+        if main:  # one writer: under `accelerate launch` every rank reaches this point
+            save_final_model(self)
+        accelerator.wait_for_everyone()
         history = read_history(self.output_dir / HISTORY_NAME)
         times = self.callback.step_seconds
         sps = (
@@ -682,9 +687,11 @@ class TrainingSession:
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
         summary["model_dir"] = str(final)
         summary["config"] = self.config.to_dict()
-        (final / "medloc_training.json").write_text(
-            json.dumps(summary, indent=2, default=str) + "\n", "utf-8"
-        )
+        summary["num_processes"] = accelerator.num_processes
+        if main:
+            (final / "medloc_training.json").write_text(
+                json.dumps(summary, indent=2, default=str) + "\n", "utf-8"
+            )
         return result
 
 
@@ -986,7 +993,8 @@ def prepare_training(
     # the other ranks then reuse its results (SFT folder, MedGRPO statistics).
     from accelerate import PartialState
 
-    proc_state = PartialState()
+    # cpu=True mirrors TrainingArguments(use_cpu=True): under torchrun it makes the gloo process group.
+    proc_state = PartialState(cpu=config.use_cpu)
     resume_ckpt = _latest_checkpoint(out) if resume else None
     if resume_ckpt is None and proc_state.is_main_process:  # fresh start: drop a previous run's leftovers
         for child in list(out.glob("checkpoint-*")) + [out / HISTORY_NAME, out / MEDGRPO_STATS_NAME]:

@@ -6,9 +6,11 @@ Heavy imports (torch, transformers, trl) happen inside the handlers so ``medloc 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +111,29 @@ def _build_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _parent_mlflow_run() -> Iterator[None]:
+    """Attach rank 0 to the MLflow run named by ``MLFLOW_RUN_ID`` (set by :func:`launch.launch_training`).
+
+    Under ``accelerate launch`` every rank runs this command; only rank 0 (``RANK`` unset or ``"0"``) opens the
+    run, so the per-step curriculum metrics land once, in the pipeline step's run.
+    """
+    if not os.environ.get("MLFLOW_RUN_ID") or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    import mlflow
+
+    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+        yield
+
+
 def _train(args: argparse.Namespace) -> int:
     from medloc_core.training import TrainingConfig, train
 
     config = TrainingConfig.from_dict(load_training_config(args.config, args.overrides))
     df = read_table(args.data)
-    result = train(df, config, args.out, resume=not args.no_resume)
+    with _parent_mlflow_run():
+        result = train(df, config, args.out, resume=not args.no_resume)
     summary = {
         "model_dir": str(result.model_dir),
         "steps": result.steps,
@@ -124,5 +143,6 @@ def _train(args: argparse.Namespace) -> int:
         "peak_rss_mb": round(result.peak_rss_mb, 1),
         "history": str(Path(args.out) / "history.jsonl"),
     }
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2))
     return 0

@@ -453,3 +453,39 @@ def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> 
     assert last["curriculum/threshold"] == pytest.approx(
         (last["curriculum/ham/threshold"] + last["curriculum/tn3k/threshold"]) / 2
     )
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft_run, data, tmp_path) -> None:
+    """The multi-GPU path, run as two gloo ranks on CPU: one writer, one MLflow run, τ raised in step."""
+    import mlflow
+
+    from medloc_core.launch import launch_training
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = {
+        "model_name_or_path": str(sft_run["sft"]),
+        "progress": False,
+        "beta": 0.0,
+        "save_steps": 0,
+        "max_steps": 3,
+        "max_completion_length": 24,
+        "per_device_train_batch_size": 4,
+        "curriculum": dict(FORCED),
+    }
+    with mlflow.start_run() as run:
+        result = launch_training(
+            data,
+            cfg,
+            tmp_path / "out",
+            accelerate={"num_processes": 2, "cpu": True},
+            mlflow_run_id=run.info.run_id,
+        )
+    assert result["num_processes"] == 2 and result["steps"] == 3
+    assert [row["step"] for row in result["history"]] == [1, 2, 3]  # rank 1 wrote no duplicate rows
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "curriculum/threshold")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    # FORCED: every full window raises, so τ must have left its start value by step 3 on the logged trace.
+    thresholds = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert thresholds[0] == 0.3 and thresholds[-1] > 0.3
+    assert result["final_threshold"] > thresholds[-1] - 1e-9
