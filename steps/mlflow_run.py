@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,10 +12,34 @@ from zenml import get_step_context
 
 from medloc_core import tracking
 
+logger = logging.getLogger(__name__)
+
+
+def use_stack_experiment_tracker() -> str | None:
+    """Point MLflow at the active stack's MLflow experiment tracker, unless ``MLFLOW_TRACKING_URI`` is set.
+
+    On the ``local-s3`` and ``k8s-gpu`` stacks the tracker component holds the server URI and takes the
+    credentials from a ZenML secret; ``configure_mlflow`` exports both for this process. Without such a tracker
+    (ZenML's default stack) the plain-MLflow fallback of :func:`medloc_core.tracking.tracking_uri` applies.
+    Returns the URI taken from the tracker, or None.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    from zenml.client import Client
+
+    tracker = Client().active_stack.experiment_tracker
+    if tracker is None or tracker.flavor != "mlflow":
+        return None
+    tracker.configure_mlflow()
+    return os.environ.get("MLFLOW_TRACKING_URI")
+
 
 @contextmanager
 def step_mlflow_run() -> Iterator[Any]:
     """Enter the one MLflow run shared by all steps of this pipeline run (resumed by ZenML run id)."""
+    uri = use_stack_experiment_tracker()
+    if uri:
+        logger.info("MLflow: using the stack's experiment tracker at %s", uri)
     context = get_step_context()
     run = context.pipeline_run
     tags = {"zenml.pipeline": context.pipeline.name, "zenml.run_name": run.name, "zenml.run_id": str(run.id)}

@@ -30,7 +30,7 @@ def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
         ZENML_LOGGING_COLORS_DISABLED="true",
         ZENML_DISABLE_INTERACTIVE_INPUT="true",
         MEDLOC_HOME=str(tmp_path / "home"),
-        MLFLOW_TRACKING_URI=mlflow_s3.tracking_uri,
+        # No MLFLOW_TRACKING_URI: the steps must find the server through the stack's MLflow experiment tracker.
         MEDLOC_MLFLOW_USERNAME="medloc",  # the server is unauthenticated; ZenML insists on credentials
         MEDLOC_MLFLOW_PASSWORD="unused",
         HF_HUB_OFFLINE="1",
@@ -66,6 +66,7 @@ def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "using the stack's experiment tracker at " + mlflow_s3.tracking_uri in run.stdout + run.stderr
 
     # ZenML artifacts of this run (records table, the trained model folder archive) are in the bucket.
     keys = s3.keys("zenml/")

@@ -462,7 +462,10 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
 
     from medloc_core.launch import launch_training
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("launch")  # earlier tests may leave another store's experiment id active
     cfg = {
         "model_name_or_path": str(sft_run["sft"]),
         "progress": False,
@@ -473,17 +476,20 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
         "per_device_train_batch_size": 4,
         "curriculum": dict(FORCED),
     }
-    with mlflow.start_run() as run:
-        result = launch_training(
-            data,
-            cfg,
-            tmp_path / "out",
-            accelerate={"num_processes": 2, "cpu": True},
-            mlflow_run_id=run.info.run_id,
-        )
+    try:
+        with mlflow.start_run() as run:
+            result = launch_training(
+                data,
+                cfg,
+                tmp_path / "out",
+                accelerate={"num_processes": 2, "cpu": True},
+                mlflow_run_id=run.info.run_id,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
     assert result["num_processes"] == 2 and result["steps"] == 3
     assert [row["step"] for row in result["history"]] == [1, 2, 3]  # rank 1 wrote no duplicate rows
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "curriculum/threshold")
+    history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "curriculum/threshold")
     assert sorted(m.step for m in history) == [1, 2, 3]
     # FORCED: every full window raises, so τ must have left its start value by step 3 on the logged trace.
     thresholds = [m.value for m in sorted(history, key=lambda m: m.step)]
