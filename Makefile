@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/medloc_training_local.yaml
 
 # Embedded default: ZenML and MLflow state stay inside the project unless the caller points them elsewhere.
+export MEDLOC_HOME ?= $(CURDIR)/.medloc
 export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_CONFIG_PATH ?= $(CURDIR)/.medloc/zenml/config
 export ZENML_LOCAL_STORES_PATH ?= $(CURDIR)/.medloc/zenml/stores

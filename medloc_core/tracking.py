@@ -20,6 +20,17 @@ EXPERIMENT = "medloc"
 RUN_ID_TAG = "medloc.pipeline_run_id"
 
 
+def export_medloc_home() -> str:
+    """Set ``$MEDLOC_HOME`` to its default (``./.medloc``, absolute) when unset; return its value.
+
+    Configs say ``${MEDLOC_HOME}/data/...``, and ZenML substitutes ``${VAR}`` placeholders itself, failing on an
+    unset variable; the pipeline module calls this on import, which ``zenml pipeline run`` does before it reads
+    the config.
+    """
+    os.environ.setdefault("MEDLOC_HOME", str((Path.cwd() / ".medloc").resolve()))
+    return os.environ["MEDLOC_HOME"]
+
+
 def medloc_home() -> Path:
     """The folder for local state (``$MEDLOC_HOME`` or ``./.medloc``), created on first use."""
     home = Path(os.environ.get("MEDLOC_HOME", Path.cwd() / ".medloc")).resolve()

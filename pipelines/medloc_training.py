@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from zenml import pipeline
 
+from medloc_core.tracking import export_medloc_home
 from steps.evaluate import evaluate_model
 from steps.ingest import ingest_data
 from steps.preprocess import preprocess_data
 from steps.register import register_model
 from steps.train import train_model
+
+export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
 
 
 @pipeline(name="medloc_training", enable_cache=False)

@@ -33,8 +33,12 @@ def shrunken_config(tmp_path: Path) -> Path:
     return path
 
 
-def env_for(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "MEDLOC_"))}
+def env_for(tmp_path: Path, *, mlflow_uri: str | None = "") -> dict[str, str]:
+    """A subprocess environment with ZenML, MLflow and MedLoc state under ``tmp_path``.
+
+    ``mlflow_uri=""`` points MLflow at a SQLite file in ``tmp_path``; None leaves ``MLFLOW_TRACKING_URI`` unset.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "MEDLOC_", "AWS_"))}
     env.update(
         ZENML_ANALYTICS_OPT_IN="false",
         ZENML_CONFIG_PATH=str(tmp_path / "zenml" / "config"),
@@ -42,9 +46,10 @@ def env_for(tmp_path: Path) -> dict[str, str]:
         ZENML_LOGGING_COLORS_DISABLED="true",
         ZENML_DISABLE_INTERACTIVE_INPUT="true",
         MEDLOC_HOME=str(tmp_path / "home"),
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
         HF_HUB_OFFLINE="1",
     )
+    if mlflow_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = mlflow_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     return env
 
 

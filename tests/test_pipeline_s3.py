@@ -4,14 +4,13 @@ minus the cluster."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from s3_server import MlflowServer, S3Server, mlflow_s3, s3  # noqa: F401  (fixtures)
-from test_pipeline_e2e import MAX_STEPS, shrunken_config
+from test_pipeline_e2e import MAX_STEPS, env_for, shrunken_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,18 +21,11 @@ def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
     s3: S3Server,  # noqa: F811
     mlflow_s3: MlflowServer,  # noqa: F811
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MEDLOC_", "AWS_", "MLFLOW_"))}
+    # No MLFLOW_TRACKING_URI: the steps must find the server through the stack's MLflow experiment tracker.
+    env = env_for(tmp_path, mlflow_uri=None)
     env.update(
-        ZENML_CONFIG_PATH=str(tmp_path / "zenml" / "config"),
-        ZENML_LOCAL_STORES_PATH=str(tmp_path / "zenml" / "stores"),
-        ZENML_ANALYTICS_OPT_IN="false",
-        ZENML_LOGGING_COLORS_DISABLED="true",
-        ZENML_DISABLE_INTERACTIVE_INPUT="true",
-        MEDLOC_HOME=str(tmp_path / "home"),
-        # No MLFLOW_TRACKING_URI: the steps must find the server through the stack's MLflow experiment tracker.
         MEDLOC_MLFLOW_USERNAME="medloc",  # the server is unauthenticated; ZenML insists on credentials
         MEDLOC_MLFLOW_PASSWORD="unused",
-        HF_HUB_OFFLINE="1",
         **s3.stack_env,
     )
     bin_dir = Path(sys.executable).parent

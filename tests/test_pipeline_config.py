@@ -1,0 +1,36 @@
+"""The run configs as `zenml pipeline run` reads them: `${MEDLOC_HOME}` resolves on a fresh shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+RESOLVE = """
+import json, yaml
+from zenml.utils.env_utils import substitute_env_variable_placeholders
+import medloc_training  # what `zenml pipeline run medloc_training` imports before it reads -c CONFIG
+config = yaml.safe_load(open({config!r}))
+print(json.dumps(substitute_env_variable_placeholders(config)["parameters"]["data"]["sources"][0]["root"]))
+"""
+
+
+@pytest.mark.parametrize("config", ["medloc_training_local.yaml"])
+def test_medloc_home_placeholder_resolves_without_the_variable(tmp_path: Path, config: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDLOC_", "ZENML_"))}
+    env.update(
+        ZENML_CONFIG_PATH=str(tmp_path / "zenml"), ZENML_ANALYTICS_OPT_IN="false", PYTHONPATH=str(REPO)
+    )
+    script = RESOLVE.format(config=str(REPO / "configs" / config))
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    root = json.loads(out.stdout.strip().splitlines()[-1])
+    assert root == str(REPO / ".medloc" / "data" / "synth-ham10000")
