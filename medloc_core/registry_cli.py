@@ -101,13 +101,25 @@ def predict_one(
     return {"model": model, "image": image_path, "query": query, "box": box, "completion": completion}
 
 
+def resolve_query(query: str | None, dataset: str) -> str:
+    """``query`` itself, or the query template the preprocessing uses for ``dataset``."""
+    from medloc_core.data.templates import default_query
+
+    if query is not None:
+        if not query.strip():
+            raise ValueError("--query is empty")
+        return query
+    return default_query(dataset, "")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from medloc_core.plots import draw_box_on_image
 
+    query = resolve_query(args.query, args.dataset)
     result = predict_one(
-        args.model, args.image, args.query, answer_style=args.answer_style, max_new_tokens=args.max_new_tokens
+        args.model, args.image, query, answer_style=args.answer_style, max_new_tokens=args.max_new_tokens
     )
     print(json.dumps(result))
     if result["box"] is None:
@@ -187,7 +199,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MLflow model URI (models:/NAME@ALIAS, runs:/...) or a local model folder",
     )
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--query", required=True, help='what to find, e.g. "Locate the lesion."')
+    p.add_argument(
+        "--query",
+        default=None,
+        help="what to find; default: the training query of --dataset (small models answer best to the wording "
+        "they were trained on)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="ham10000",
+        help="dataset whose query template to use when --query is omitted (default: ham10000)",
+    )
     p.add_argument("--save-image", help="write the image with the predicted box drawn (red) to this PNG")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument(

@@ -290,3 +290,14 @@ def test_cli_predict_and_evaluate_with_local_folder(answering_model_dir, tmp_pat
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["box"] == pytest.approx([df["x1"][0], df["y1"][0], df["x2"][0], df["y2"][0]])
+
+
+def test_predict_query_defaults_to_the_datasets_training_template() -> None:
+    from medloc_core.data.templates import default_query
+    from medloc_core.registry_cli import resolve_query
+
+    assert resolve_query(None, "ham10000") == "Locate the skin lesion in this dermoscopy image."
+    assert resolve_query(None, "tn3k") == default_query("tn3k", "") != resolve_query(None, "ham10000")
+    assert resolve_query("Find the nodule.", "ham10000") == "Find the nodule."
+    with pytest.raises(ValueError, match="--query is empty"):
+        resolve_query("  ", "ham10000")
