@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,32 @@ def pipeline_run(run_key: str, run_name: str, tags: Mapping[str, str] | None = N
     all_tags = {RUN_ID_TAG: run_key, **dict(tags or {})}
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=all_tags) as run:
         yield run
+
+
+def log_history_rows(rows: Iterable[Mapping[str, Any]], *, up_to_step: int) -> int:
+    """Log per-step history rows (``{"step": n, metric: value, ...}``) with ``step <= up_to_step`` to the active run.
+
+    Used after a resumed training: the steps done before the crash were logged into the crashed pipeline run's
+    MLflow run, so the new run gets them from ``history.jsonl`` and its trace is complete again. Returns how many
+    rows were logged.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_history_rows needs an active MLflow run")
+    now = int(time.time() * 1000)
+    metrics, count = [], 0
+    for row in rows:
+        step = int(row["step"])
+        if step > up_to_step:
+            continue
+        count += 1
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                metrics.append(Metric(key, float(value), now, step))
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+    return count

@@ -860,10 +860,25 @@ def configure_threads(config: TrainingConfig, model: Any) -> int:
     return torch.get_num_threads()
 
 
-def _latest_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def latest_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest *complete* ``checkpoint-N`` folder, or None.
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    ``curriculum_state.json`` is written by ``CurriculumCallback.on_save``, which the Trainer calls after it has
+    written the weights, optimizer and trainer state; a folder without it was cut off by a crash mid-save and is
+    skipped (resuming from it would fail or lose the curriculum state).
+    """
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for path in output_dir.iterdir():
+        name = path.name
+        if path.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-") :].isdigit():
+            found.append((int(name[len("checkpoint-") :]), path))
+    for _, path in sorted(found, reverse=True):
+        if (path / CURRICULUM_STATE_NAME).is_file():
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s (no %s)", path, CURRICULUM_STATE_NAME)
+    return None
 
 
 def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: list[dict], output_dir: Path):
@@ -999,7 +1014,7 @@ def prepare_training(
 
     # cpu=True mirrors TrainingArguments(use_cpu=True): under torchrun it makes the gloo process group.
     proc_state = PartialState(cpu=config.use_cpu)
-    resume_ckpt = _latest_checkpoint(out) if resume else None
+    resume_ckpt = latest_complete_checkpoint(out) if resume else None
     if resume_ckpt is None and proc_state.is_main_process:  # fresh start: drop a previous run's leftovers
         for child in list(out.glob("checkpoint-*")) + [out / HISTORY_NAME, out / MEDGRPO_STATS_NAME]:
             shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)

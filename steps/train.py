@@ -79,6 +79,15 @@ def train_model(
         else:
             outcome = train(prepared, train_config, folder)
             result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
+        if result.get("resumed_from"):
+            # Steps before the crash went to the crashed run's MLflow run; copy them so this trace is complete.
+            resumed_step = int(Path(result["resumed_from"]).name.split("-")[-1])
+            copied = tracking.log_history_rows(result["history"], up_to_step=resumed_step)
+            logger.info(
+                "resumed from %s: copied %d earlier steps into this MLflow run",
+                result["resumed_from"],
+                copied,
+            )
         for name, make in (
             ("rewards.png", plots.plot_rewards),
             ("curriculum.png", plots.plot_curriculum),

@@ -495,3 +495,20 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     thresholds = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert thresholds[0] == 0.3 and thresholds[-1] > 0.3
     assert result["final_threshold"] > thresholds[-1] - 1e-9
+
+
+def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path) -> None:
+    from medloc_core.training import CURRICULUM_STATE_NAME, latest_complete_checkpoint
+
+    assert latest_complete_checkpoint(tmp_path / "missing") is None
+    for step, complete in ((2, True), (10, True), (12, False)):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(b"")
+        if complete:
+            (ckpt / CURRICULUM_STATE_NAME).write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    # checkpoint-10 beats checkpoint-2 numerically (not by string order); checkpoint-12 is incomplete.
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    (tmp_path / "checkpoint-10" / CURRICULUM_STATE_NAME).unlink()
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
