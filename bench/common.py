@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
+# MEDLOC_BENCH_RESULTS redirects the outputs (the smoke test does, so it never overwrites the measured results).
+RESULTS_DIR = Path(os.environ.get("MEDLOC_BENCH_RESULTS", REPO_ROOT / "bench" / "results"))
 
 # The tiny model's input frame (about 112x84 pixels for the 224x168 synthetic images), as in
 # configs/medloc_training_local.yaml.

@@ -1,0 +1,61 @@
+"""The benchmark scripts still run, on a tiny budget, writing to a temp folder (never over bench/results/).
+
+Figures are not checked here (speed targets live in bench/, never in timed tests); only that each script ends
+with exit code 0 and writes well-formed results for what it was asked to measure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "MEDLOC_"))}
+    env.update(
+        MEDLOC_BENCH_RESULTS=str(tmp_path / "results"), HF_HUB_OFFLINE="1", ZENML_ANALYTICS_OPT_IN="false"
+    )
+    out = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_data_bench_prints_images_per_second(tmp_path: Path) -> None:
+    out = _run(tmp_path, "bench/data.py", "--n", "12", "--root", str(tmp_path / "ham"))
+    assert "images/s" in out.stdout
+
+
+@pytest.mark.slow
+def test_curriculum_bench_writes_a_row_per_schedule_and_seed(tmp_path: Path) -> None:
+    _run(
+        tmp_path, "bench/curriculum.py", "--seeds", "0", "--schedules", "medloc", "fixed", "--steps", "3",
+        "--sft-steps", "10", "--n", "24", "--no-mlflow", "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    with (tmp_path / "results" / "curriculum.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["schedule"], r["seed"], r["steps"]) for r in rows] == [
+        ("medloc", "0", "3"),
+        ("fixed", "0", "3"),
+    ]
+    assert float(rows[0]["final_tau"]) == 0.3 and float(rows[1]["final_tau"]) == 0.5
+    assert (tmp_path / "results" / "curriculum.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_overhead_bench_measures_the_pipeline_and_the_bare_loop(tmp_path: Path) -> None:
+    _run(tmp_path, "bench/overhead.py", "--steps", "4", "--sft-steps", "10", "--work", str(tmp_path / "work"))
+    res = json.loads((tmp_path / "results" / "overhead.json").read_text())
+    assert res["pipeline"]["returncode"] == 0 and res["pipeline"]["logged_steps"] == 4
+    assert res["ratio"] > 0 and res["iou"]["pairs"] == 1_000_000
+    assert (tmp_path / "results" / "overhead.png").stat().st_size > 0
