@@ -32,10 +32,12 @@ def zenml_env(root: Path, **extra: str) -> dict[str, str]:
 
 
 def register(args: list[str], env: dict[str, str]) -> tuple[int, dict[str, str], str]:
+    # cwd outside the repository: with `--set`, ZenML writes the active stack into the nearest `.zen/` above the
+    # working directory, and the repository's `.zen/` (made by `make run`) belongs to the developer's store.
     proc = subprocess.run(
         [PY, str(REPO / "infra" / "stacks.py"), *args],
         env=env,
-        cwd=REPO,
+        cwd=Path(env["ZENML_CONFIG_PATH"]).parent,
         capture_output=True,
         text=True,
         timeout=300,

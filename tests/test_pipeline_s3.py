@@ -32,7 +32,7 @@ def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
     register = subprocess.run(
         [
             sys.executable,
-            "infra/stacks.py",
+            str(REPO / "infra" / "stacks.py"),
             "local-s3",
             "--set",
             "--mlflow-uri",
@@ -42,13 +42,28 @@ def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
             "--bucket",
             s3.bucket,
         ],
-        cwd=REPO,
+        cwd=tmp_path,  # not the repository: its `.zen/` (from `make run`) belongs to the developer's store
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert register.returncode == 0, register.stdout[-2000:] + register.stderr[-3000:]
+    active = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from zenml.client import Client; print('STACK', Client().active_stack_model.id)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert active.returncode == 0, active.stderr[-2000:]
+    # The pipeline runs from the repository root (its source root); the env var picks the stack over any `.zen/`.
+    env["ZENML_ACTIVE_STACK_ID"] = active.stdout.split("STACK ", 1)[1].split()[0]
     run = subprocess.run(
         [str(bin_dir / "zenml"), "pipeline", "run", "medloc_training", "-c", str(shrunken_config(tmp_path))],
         cwd=REPO,
