@@ -53,9 +53,15 @@ def test_curriculum_bench_writes_a_row_per_schedule_and_seed(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_overhead_bench_measures_the_pipeline_and_the_bare_loop(tmp_path: Path) -> None:
-    _run(tmp_path, "bench/overhead.py", "--steps", "4", "--sft-steps", "10", "--work", str(tmp_path / "work"))
+def test_overhead_bench_measures_the_bare_loop(tmp_path: Path) -> None:
+    # --skip-pipeline: the pipeline half is `zenml pipeline run`, which test_pipeline_e2e already runs (CI time).
+    _run(
+        tmp_path, "bench/overhead.py", "--steps", "4", "--sft-steps", "10", "--work", str(tmp_path / "work"),
+        "--skip-pipeline",
+    )  # fmt: skip
     res = json.loads((tmp_path / "results" / "overhead.json").read_text())
-    assert res["pipeline"]["returncode"] == 0 and res["pipeline"]["logged_steps"] == 4
-    assert res["ratio"] > 0 and res["iou"]["pairs"] == 1_000_000
+    assert res["pipeline"]["returncode"] is None and res.get("ratio") is None
+    assert [run["steps"] for run in res["bare"]] == [4, 4]
+    assert all(0 < run["reward_plus_scheduler_share"] < 1 for run in res["bare"])
+    assert res["iou"]["pairs"] == 1_000_000 and res["iou"]["best_s"] > 0
     assert (tmp_path / "results" / "overhead.png").stat().st_size > 0
