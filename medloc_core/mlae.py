@@ -50,10 +50,12 @@ class MLAELinear(nn.Module):
             raise ValueError(f"MLAE drop_rate must be in [0, 1), got {drop_rate}")
         self.base_layer = base_layer
         self.r, self.drop_rate = r, float(drop_rate)
-        w = base_layer.weight
-        self.mlae_A = nn.Parameter(torch.empty(r, base_layer.in_features, dtype=w.dtype, device=w.device))
-        self.mlae_B = nn.Parameter(torch.zeros(r, base_layer.out_features, dtype=w.dtype, device=w.device))
-        self.mlae_lambda = nn.Parameter(torch.full((r,), float(lora_alpha), dtype=w.dtype, device=w.device))
+        # The trainable tensors (λ included) are fp32 whatever the base's dtype: a bf16 base (mixed precision)
+        # would otherwise round most small updates of A, B and λ away.
+        dev = base_layer.weight.device
+        self.mlae_A = nn.Parameter(torch.empty(r, base_layer.in_features, dtype=torch.float32, device=dev))
+        self.mlae_B = nn.Parameter(torch.zeros(r, base_layer.out_features, dtype=torch.float32, device=dev))
+        self.mlae_lambda = nn.Parameter(torch.full((r,), float(lora_alpha), dtype=torch.float32, device=dev))
         nn.init.kaiming_uniform_(self.mlae_A, a=math.sqrt(5))
         self.input_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for p in base_layer.parameters():

@@ -78,11 +78,32 @@ QWEN25VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Size knobs of the offline model. "tiny" is the test/CPU default (~0.2 M params); "small" ~3.7 M.
-TINY_SIZES: dict[str, dict[str, int]] = {
+# Size knobs of the offline model. "tiny" is the plumbing-test model (~0.2 M params); "small" ~3.7 M.
+# "grounder" is the CPU stand-in that learns to localize (the embedded default), engineered for that:
+# * rope_theta 10 instead of Qwen's 1e6. Qwen2.5-VL's M-RoPE gives the height and width of an image token the
+#   *lowest* rotary frequencies of a head; at head_dim 16 and theta 1e6 the width section turns by < 1e-3 rad
+#   across the whole image, so the language model cannot tell one column of visual tokens from another. At
+#   theta 10 with head_dim 32 the height/width sections turn by 0.1-0.6 rad per visual token.
+# * number_tokens: the pre-tokenizer keeps runs of up to 3 digits together and the BPE learns every integer
+#   0..NUMBER_TOKEN_MAX as one token, so each box coordinate is one classification, not three dependent ones.
+TINY_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden": 64, "inter": 128, "layers": 2, "heads": 4, "kv": 2, "v_hidden": 32, "v_depth": 2},
     "small": {"hidden": 256, "inter": 512, "layers": 4, "heads": 4, "kv": 2, "v_hidden": 128, "v_depth": 4},
+    "grounder": {
+        "hidden": 128,
+        "inter": 256,
+        "layers": 4,
+        "heads": 4,
+        "kv": 2,
+        "v_hidden": 64,
+        "v_depth": 2,
+        "rope_theta": 10.0,
+        "number_tokens": True,
+    },
 }
+NUMBER_TOKEN_MAX = 255
+# Like QWEN_PRETOKENIZE_REGEX, but digits stay together in runs of up to three (GPT-4-style).
+NUMBER_PRETOKENIZE_REGEX = QWEN_PRETOKENIZE_REGEX.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
 
 # Vocabulary of the tokenizer corpus: words likely in grounding queries and labels (synthetic + medical).
 _QUERY_TEMPLATES = (
@@ -139,10 +160,17 @@ _FILLER_WORDS = (
 )
 
 
-def _tokenizer_corpus(seed: int) -> list[str]:
-    """Deterministic training text: prompt instructions, queries, chat turns, JSON boxes and digits."""
+def _tokenizer_corpus(seed: int, number_tokens: bool = False) -> list[str]:
+    """Deterministic training text: prompt instructions, queries, chat turns, JSON boxes and digits.
+
+    With ``number_tokens`` every integer 0..NUMBER_TOKEN_MAX also appears often enough to become one token.
+    """
     rng = random.Random(seed)
     lines: list[str] = []
+    if number_tokens:
+        for _ in range(200):
+            lines.append(" ".join(str(i) for i in range(NUMBER_TOKEN_MAX + 1)))
+            lines.append(", ".join(str(i) for i in range(NUMBER_TOKEN_MAX + 1)))
     for _ in range(40):
         lines += [prompts.THINK_INSTRUCTION, prompts.ANSWER_INSTRUCTION, DEFAULT_SYSTEM_PROMPT]
     for _ in range(3000):
@@ -168,10 +196,12 @@ def _tokenizer_corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE):
+def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE, *, number_tokens: bool = False):
     """Train a Qwen-compatible byte-level BPE on :func:`_tokenizer_corpus` and wrap it for transformers.
 
-    Returns a ``PreTrainedTokenizerFast`` with eos ``<|im_end|>``, pad ``<|endoftext|>``, left padding and the
+    ``number_tokens``: digits are pre-tokenized in runs of up to three and every integer 0..NUMBER_TOKEN_MAX is
+    one token (the vocabulary grows by about 300 entries; checked after training). Otherwise one token per digit,
+    as in Qwen. Returns a ``PreTrainedTokenizerFast`` with eos ``<|im_end|>``, pad ``<|endoftext|>``, left padding and the
     Qwen2.5-VL chat template.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -181,7 +211,11 @@ def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE):
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(
+                Regex(NUMBER_PRETOKENIZE_REGEX if number_tokens else QWEN_PRETOKENIZE_REGEX),
+                behavior="isolated",
+                invert=False,
+            ),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -192,7 +226,11 @@ def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tokenizer_corpus(seed), trainer)
+    tok.train_from_iterator(_tokenizer_corpus(seed, number_tokens), trainer)
+    if number_tokens:
+        split = [n for n in range(NUMBER_TOKEN_MAX + 1) if len(tok.encode(f" {n}").ids) != 2]
+        if split:
+            raise ValueError(f"vocab_size={vocab_size} is too small: {split[:5]}... are not one token each")
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -407,7 +445,9 @@ def build_tiny_qwen25vl(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = build_tiny_tokenizer(seed)
+    number_tokens = bool(knobs.get("number_tokens", False))
+    vocab = TINY_VOCAB_SIZE + (NUMBER_TOKEN_MAX + 1 + 64 if number_tokens else 0)
+    tokenizer = build_tiny_tokenizer(seed, vocab, number_tokens=number_tokens)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     pad_id, eos_id = ids["<|endoftext|>"], ids["<|im_end|>"]
     head_dim = knobs["hidden"] // knobs["heads"]
@@ -423,7 +463,11 @@ def build_tiny_qwen25vl(
             "num_attention_heads": knobs["heads"],
             "num_key_value_heads": knobs["kv"],
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": float(knobs.get("rope_theta", 1e6)),
+                "mrope_section": mrope,
+            },
             "bos_token_id": pad_id,
             "eos_token_id": eos_id,
             "pad_token_id": pad_id,

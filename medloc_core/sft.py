@@ -87,11 +87,14 @@ def sft_warmup(
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    bf16: bool = False,
 ) -> SFTResult:
     """Train ``model`` in place for ``steps`` optimizer steps of ``batch_size`` examples (sampled with a seeded
     shuffle, cycling through ``examples``). Constant learning rate after a 10 % linear warm-up; AdamW.
 
-    ``on_step(step, loss)`` is called after each step (1-based). Returns :class:`SFTResult`.
+    ``on_step(step, loss)`` is called after each step (1-based). ``bf16`` runs the forward pass under bf16
+    autocast; the weights and AdamW state keep the model's dtype (fp32 master weights). Returns
+    :class:`SFTResult`.
     """
     import torch
 
@@ -129,7 +132,8 @@ def sft_warmup(
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
-            loss = model(**batch).loss
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch).loss
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"sft_warmup: loss is {loss.item()} at step {step}")
             loss.backward()

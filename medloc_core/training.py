@@ -735,8 +735,8 @@ def save_final_model(session: TrainingSession) -> Path:
             from medloc_core import mlae
 
             mlae.save_mlae(model, final / "adapter", base_model=session.model_path)
-        dtype = "bfloat16" if cfg.bf16 else "float32"
-        merged = modeling.load_model(session.model_path, dtype=dtype, adapter_dir=final / "adapter")
+        # Merged into an fp32 copy: the training step's output keeps fp32 weights (registration may cast).
+        merged = modeling.load_model(session.model_path, dtype="float32", adapter_dir=final / "adapter")
         merged.save_pretrained(str(final))
         del merged
     session.processor.save_pretrained(str(final))
@@ -754,6 +754,15 @@ def resolve_model_path(config: TrainingConfig) -> str:
             kw = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
         return str(modeling.ensure_tiny_model(config.tiny_model_dir, size=TINY_ALIASES[name], seed=0, **kw))
     return str(name)
+
+
+def weights_dtype(config: TrainingConfig) -> str:
+    """The dtype the GRPO policy is loaded in. Mixed precision (``bf16``) keeps fp32 master weights for every
+    trainable tensor and runs the compute in bf16 under autocast (Trainer/accelerate ``bf16=True``): AdamW
+    updates of ~lr 1e-6 are far below bf16's resolution (8 bits of mantissa), so bf16 weights would barely move.
+    Only a frozen base under a LoRA/MLAE adapter is stored in bf16; the adapter's own tensors stay fp32.
+    """
+    return "bfloat16" if config.bf16 and config.adapter != "full" else "float32"
 
 
 def _make_schedule(config: TrainingConfig, datasets: Sequence[str]) -> Any:
@@ -895,7 +904,7 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
     import torch
 
     torch.manual_seed(config.seed)
-    model = modeling.load_model(model_path, dtype="bfloat16" if config.bf16 else "float32")
+    model = modeling.load_model(model_path, dtype="float32")  # fp32 master weights; bf16 only in autocast
     if not config.use_cpu and torch.cuda.is_available():
         model.to("cuda")
     configure_threads(config, model)
@@ -912,6 +921,7 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
         batch_size=config.sft_batch_size,
         seed=config.seed,
         progress=config.progress,
+        bf16=config.bf16,
     )
     if sft_dir.exists():
         shutil.rmtree(sft_dir)
@@ -1027,7 +1037,7 @@ def prepare_training(
             model_path, sft_summary = _run_sft(config, base_path, processor, examples, out)
 
     torch.manual_seed(config.seed)
-    model = modeling.load_model(model_path, dtype="bfloat16" if config.bf16 else "float32")
+    model = modeling.load_model(model_path, dtype=weights_dtype(config))
     model.train()
     configure_threads(config, model)
 
