@@ -529,6 +529,56 @@ def promote_if_better(
     return decision
 
 
+class NoModelAtAliasError(LookupError):
+    """``models:/NAME@ALIAS`` names an alias that is not set (e.g. no version has become champion yet)."""
+
+
+def require_alias(model: str, *, client: Any = None) -> None:
+    """Raise :class:`NoModelAtAliasError` with a one-line, actionable message when ``model`` is a
+    ``models:/NAME@ALIAS`` URI whose alias is not set; do nothing for any other reference."""
+    text = str(model)
+    if not text.startswith("models:/") or "@" not in text:
+        return
+    name, alias = text[len("models:/") :].rsplit("@", 1)
+    if get_alias_version(alias, client=client, name=name) is not None:
+        return
+    hint = f"no {name} version has alias @{alias} yet"
+    if alias == CHAMPION:
+        hint = (
+            f"no champion yet: no {name} version has passed the promotion gate. Use the newest version with "
+            f"--model models:/{name}@{CHALLENGER}, or promote one with `medloc promote`"
+        )
+    raise NoModelAtAliasError(hint)
+
+
+# Registration gate: a model this broken is never registered (it would only move @challenger to garbage).
+MAX_PARSE_FAILURE_RATE = 0.9
+DEAD_TAIL_STEPS = 10
+TAG_SKIPPED = "medloc.registration.skipped"
+
+
+def registration_blockers(metrics: Mapping[str, Any], history: list[Mapping[str, Any]]) -> list[str]:
+    """Why the evaluated model must not be registered (empty list: register it).
+
+    ``metrics``: the evaluation (``eval/parse_failure_rate`` in [0, 1]); ``history``: the per-step training
+    rows (``train/frac_reward_zero_std``, the share of GRPO groups whose rewards all tie).
+    """
+    reasons = []
+    rate = _metric_value(metrics, "eval/parse_failure_rate")
+    if rate is not None and rate >= MAX_PARSE_FAILURE_RATE:
+        reasons.append(
+            f"the model's answers failed to parse on {rate:.0%} of the test images "
+            f"(limit {MAX_PARSE_FAILURE_RATE:.0%})"
+        )
+    tail = [r.get("train/frac_reward_zero_std") for r in history[-DEAD_TAIL_STEPS:]]
+    tail = [float(v) for v in tail if v is not None and not math.isnan(float(v))]
+    if tail and len(tail) == min(DEAD_TAIL_STEPS, len(history)) and min(tail) >= 1.0:
+        reasons.append(
+            f"every GRPO group was dead (all rewards tied, no gradient) over the last {len(tail)} training steps"
+        )
+    return reasons
+
+
 def is_model_uri(model: str) -> bool:
     """True for MLflow model references (``models:/``, ``runs:/``, ``mlflow-artifacts:/``) or a local pyfunc folder."""
     if model.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts") and ":/" in model:
@@ -542,6 +592,7 @@ def resolve_model_dir(model: str | os.PathLike, *, dst: str | os.PathLike | None
     import yaml
 
     text = str(model)
+    require_alias(text)
     if not is_model_uri(text):
         path = Path(text)
         if not path.is_dir():

@@ -77,6 +77,7 @@ def predict_one(
         import pandas as pd
 
         _use_tracking_uri()
+        registry.require_alias(model)
         pyfunc = mlflow.pyfunc.load_model(model)
         row = {"image": str(Path(image_path).resolve()), "query": query}
         if answer_style is not None:
@@ -117,10 +118,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from medloc_core.plots import draw_box_on_image
 
+    from medloc_core.registry import NoModelAtAliasError
+
     query = resolve_query(args.query, args.dataset)
-    result = predict_one(
-        args.model, args.image, query, answer_style=args.answer_style, max_new_tokens=args.max_new_tokens
-    )
+    try:
+        result = predict_one(
+            args.model, args.image, query, answer_style=args.answer_style, max_new_tokens=args.max_new_tokens
+        )
+    except NoModelAtAliasError as exc:
+        print(f"medloc predict: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result))
     if result["box"] is None:
         print("no box could be parsed from the model's answer", file=sys.stderr)
@@ -148,7 +155,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     df = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
     if registry.is_model_uri(args.model):
         _use_tracking_uri()
-    model_dir = registry.resolve_model_dir(args.model)
+    try:
+        model_dir = registry.resolve_model_dir(args.model)
+    except registry.NoModelAtAliasError as exc:
+        print(f"medloc evaluate: {exc}", file=sys.stderr)
+        return 2
     metrics, predictions = evaluate_model(
         model_dir,
         df,

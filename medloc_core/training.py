@@ -50,7 +50,7 @@ MetricsSink = Callable[[dict[str, float], int], None]
 
 SCHEDULES = ("medloc", "fixed", "raw_iou", "vtriune")
 ADAPTERS = ("full", "lora", "mlae")
-TINY_ALIASES = {"tiny": "tiny", "tiny-small": "small"}
+TINY_ALIASES = {"tiny": "tiny", "tiny-small": "small", "tiny-grounder": "grounder"}
 CURRICULUM_STATE_NAME = "curriculum_state.json"
 HISTORY_NAME = "history.jsonl"
 SFT_DONE_NAME = "medloc_sft.json"
@@ -98,7 +98,8 @@ class TrainingConfig:
     """Everything that shapes a GRPO run. Learning rates are per optimizer step; lengths are in tokens.
 
     Model: ``model_name_or_path`` is a Hub id or folder (GPU default ``Qwen/Qwen2.5-VL-3B-Instruct``), or
-    ``"tiny"`` / ``"tiny-small"`` to build the offline test model once under ``tiny_model_dir``.
+    ``"tiny"`` / ``"tiny-small"`` / ``"tiny-grounder"`` (the CPU stand-in that learns to localize, see
+    ``modeling.TINY_SIZES``) to build the offline model once under ``tiny_model_dir``.
     ``min_pixels``/``max_pixels`` (optional) set the processor's resize bounds; they must agree with the frame
     the data was preprocessed for (checked per row).
 
@@ -287,7 +288,8 @@ class TrainingConfig:
 
     @property
     def is_tiny(self) -> bool:
-        return self.model_name_or_path in TINY_ALIASES or "qwen25vl-tiny" in str(self.model_name_or_path)
+        name = str(self.model_name_or_path)
+        return name in TINY_ALIASES or any(f"qwen25vl-{size}-" in name for size in TINY_ALIASES.values())
 
 
 @dataclass
@@ -744,7 +746,7 @@ def save_final_model(session: TrainingSession) -> Path:
 
 
 def resolve_model_path(config: TrainingConfig) -> str:
-    """``tiny``/``tiny-small`` -> the built offline model folder; anything else unchanged."""
+    """``tiny``/``tiny-small``/``tiny-grounder`` -> the built offline model folder; anything else unchanged."""
     from medloc_core import modeling
 
     name = config.model_name_or_path

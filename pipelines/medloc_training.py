@@ -1,12 +1,18 @@
 """The product: ingestion -> preprocessing -> GRPO curriculum training -> evaluation -> registration.
 
-Run it with ``zenml pipeline run medloc_training -c configs/medloc_training_local.yaml`` from the repository
-root, or from Python with ``medloc_training.with_options(config_path=...)()``. Every argument is a plain dict
-taken from the YAML config's ``parameters:`` block; ``None`` means the library defaults (the local CPU run).
+Run it with ``zenml pipeline run medloc_training`` from the repository root: with no ``-c`` it runs the embedded
+default, ``configs/medloc_training_local.yaml`` (the local CPU recipe, exactly what ``make run`` runs); ``-c`` selects
+another recipe. From Python: ``medloc_training()`` or ``medloc_training.with_options(config_path=...)()``. Every
+argument is a plain dict taken from the YAML config's ``parameters:`` block; an argument left out (``None``) takes
+that block of the embedded default.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import yaml
 from zenml import pipeline
 
 from medloc_core.tracking import export_medloc_home
@@ -18,6 +24,23 @@ from steps.train import train_model
 
 export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
 
+EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_training_local.yaml"
+
+
+def embedded_parameters(path: Path = EMBEDDED_CONFIG) -> dict[str, dict]:
+    """The ``parameters:`` block of the embedded default config, ``${VAR}`` placeholders substituted as ZenML
+    substitutes them when the same file is passed with ``-c``."""
+    parameters = yaml.safe_load(path.read_text(encoding="utf-8")).get("parameters") or {}
+
+    def expand(value):
+        if isinstance(value, dict):
+            return {k: expand(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        return os.path.expandvars(value) if isinstance(value, str) else value
+
+    return expand(parameters)
+
 
 @pipeline(name="medloc_training", enable_cache=False)
 def medloc_training(
@@ -28,6 +51,12 @@ def medloc_training(
     registration: dict | None = None,
 ) -> None:
     """Train a grounding VLM with the MedLoc-R1 curriculum and register it behind a promotion gate."""
+    embedded = embedded_parameters()
+    data = embedded["data"] if data is None else data
+    preprocessing = embedded["preprocessing"] if preprocessing is None else preprocessing
+    training = embedded["training"] if training is None else training
+    evaluation = embedded["evaluation"] if evaluation is None else evaluation
+    registration = embedded["registration"] if registration is None else registration
     records, quarantine, ingest_report = ingest_data(config=data)
     prepared, manifest = preprocess_data(records=records, ingest_report=ingest_report, config=preprocessing)
     model_dir, base_model, training_summary = train_model(

@@ -38,13 +38,22 @@ def register_model(
         mlflow.log_dict(manifest, "data/manifest.json")
         if not config.get("register", True):
             return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
+        blockers = registry.registration_blockers(metrics, training_summary.get("history_tail", []))
+        if blockers:
+            reason = "; ".join(blockers)
+            mlflow.set_tag(registry.TAG_SKIPPED, reason)
+            logger.warning("Registration skipped, the model is broken: %s", reason)
+            return {"registered": False, "promoted": False, "reasons": blockers}
+        # Serve with the prompt the model was trained and evaluated with (the preprocessing's answer style).
+        options = manifest.get("options", manifest)
+        answer_style = config.get("answer_style") or options.get("answer_style") or "think"
         version = registry.log_and_register(
             model_dir,
             metrics,
             run_id=run.info.run_id,
             eval_set_hash=eval_set_hash,
             base_metrics=base_metrics or None,
-            answer_style=config.get("answer_style", "think"),
+            answer_style=answer_style,
         )
         decision = registry.promote_if_better(
             version,

@@ -18,7 +18,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from medloc_core.training import TrainingConfig, prepare_training  # noqa: E402
-from tests.test_training import REPO, make_prepared  # noqa: E402
+
+try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
+    from test_training import REPO, make_prepared
+except ModuleNotFoundError:  # tests/ as a package
+    from tests.test_training import REPO, make_prepared
 
 MIN_CHANGED = 0.90
 

@@ -301,3 +301,60 @@ def test_predict_query_defaults_to_the_datasets_training_template() -> None:
     assert resolve_query("Find the nodule.", "ham10000") == "Find the nodule."
     with pytest.raises(ValueError, match="--query is empty"):
         resolve_query("  ", "ham10000")
+
+
+@pytest.mark.parametrize(
+    ("metrics", "history", "fragment"),
+    [
+        ({"eval/parse_failure_rate": 0.95}, [], "failed to parse on 95%"),
+        ({"eval/parse_failure_rate": 0.90}, [], "failed to parse on 90%"),
+        (
+            {"eval/parse_failure_rate": 0.0},
+            [{"train/frac_reward_zero_std": 1.0}] * 12,
+            "every GRPO group was dead",
+        ),
+        ({"eval/parse_failure_rate": 0.89}, [{"train/frac_reward_zero_std": 0.5}] * 12, None),
+        # one live step among the last ten is enough: some group still had a gradient
+        (
+            {"eval/parse_failure_rate": 0.0},
+            [{"train/frac_reward_zero_std": 1.0}] * 9 + [{"train/frac_reward_zero_std": 0.75}],
+            None,
+        ),
+        # dead only before the last ten steps
+        (
+            {"eval/parse_failure_rate": 0.0},
+            [{"train/frac_reward_zero_std": 1.0}] * 5 + [{"train/frac_reward_zero_std": 0.0}] * 10,
+            None,
+        ),
+    ],
+)
+def test_registration_blockers(metrics, history, fragment) -> None:
+    reasons = registry.registration_blockers(metrics, history)
+    if fragment is None:
+        assert reasons == []
+    else:
+        assert len(reasons) == 1 and fragment in reasons[0], reasons
+
+
+@pytest.mark.slow
+def test_no_champion_is_a_one_line_message(server_env, answering_model_dir, tmp_path, capsys):  # noqa: F811
+    from medloc_core import cli
+
+    path = tmp_path / "a.png"
+    random_image(100, 150, seed=1).save(path)
+    argv = ["predict", "--model", "models:/medloc-grounder@champion", "--image", str(path), "--query", QUERY]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no champion yet" in err[0] and "@challenger" in err[0], err
+    with pytest.raises(registry.NoModelAtAliasError, match="no champion yet"):
+        registry.resolve_model_dir("models:/medloc-grounder@champion")
+
+    # a registered but unpromoted version: still no champion, and @challenger is the way to use it
+    registry.log_and_register(
+        answering_model_dir, m(50.0), eval_set_hash="h", base_metrics=m(90.0), answer_style=ANSWER_STYLE
+    )
+    assert cli.main(argv) == 2
+    assert "no champion yet" in capsys.readouterr().err
+    argv[2] = "models:/medloc-grounder@challenger"
+    assert cli.main([*argv, "--max-new-tokens", "40"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["box"] is not None
