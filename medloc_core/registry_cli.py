@@ -117,7 +117,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from medloc_core.plots import draw_box_on_image
-
     from medloc_core.registry import NoModelAtAliasError
 
     query = resolve_query(args.query, args.dataset)
