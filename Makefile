@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CONFIG ?= configs/medloc_training_local.yaml
+# Empty: the bare `zenml pipeline run medloc_training`, whose default is configs/medloc_training_local.yaml.
+CONFIG ?=
 
 # Embedded default: ZenML and MLflow state stay inside the project unless the caller points them elsewhere.
 export MEDLOC_HOME ?= $(CURDIR)/.medloc
@@ -30,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/zenml init >/dev/null
 
 run: setup .zen
-	$(BIN)/zenml pipeline run medloc_training -c $(CONFIG)
+	$(BIN)/zenml pipeline run medloc_training $(if $(CONFIG),-c $(CONFIG))
 
 test: setup
 	$(BIN)/ruff check .

@@ -81,14 +81,26 @@ def early_steps(total: int) -> int:
 # ------------------------------------------------------------------------------------------------ runs
 
 
+def local_recipe() -> dict[str, Any]:
+    """The ``training`` block of the embedded default (configs/medloc_training_local.yaml): the bench's defaults."""
+    import yaml
+
+    config = yaml.safe_load((common.REPO_ROOT / "configs" / "medloc_training_local.yaml").read_text())
+    return config["parameters"]["training"]
+
+
 def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
-    """Build the tiny model (init seed ``seed``) and SFT it on the train split; return the checkpoint folder."""
+    """Build the stand-in (init seed ``seed``) and SFT it on the train split; return the checkpoint folder."""
     import torch
 
     from medloc_core import modeling, sft, training
 
     base = modeling.ensure_tiny_model(
-        work / "models", seed=seed, size="tiny", min_pixels=common.MIN_PIXELS, max_pixels=common.MAX_PIXELS
+        work / "models",
+        seed=seed,
+        size="grounder",
+        min_pixels=common.MIN_PIXELS,
+        max_pixels=common.MAX_PIXELS,
     )
     processor = modeling.load_processor(str(base))
     processor.image_processor.size = {"shortest_edge": common.MIN_PIXELS, "longest_edge": common.MAX_PIXELS}
@@ -102,7 +114,7 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
         processor,
         [sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in examples],
         steps=steps,
-        learning_rate=3e-3,
+        learning_rate=float(local_recipe().get("sft_learning_rate", 1e-3)),
         batch_size=8,
         seed=seed,
         progress=False,
@@ -133,19 +145,22 @@ def grpo_run(
     """One GRPO run from the shared SFT checkpoint; returns its summary, per-step traces and history."""
     from medloc_core import training
 
+    recipe = local_recipe()
+    curriculum = {**recipe.get("curriculum", {}), "window": args.window, "tau0": args.tau0}
     cfg = training.TrainingConfig(
         model_name_or_path=str(sft_dir),
         min_pixels=common.MIN_PIXELS,
         max_pixels=common.MAX_PIXELS,
         schedule=schedule,
-        curriculum={"window": args.window} if schedule == "medloc" else {},
+        curriculum=curriculum if schedule == "medloc" else {},
         fixed_tau=0.5,
         num_generations=args.group_size,
         per_device_train_batch_size=args.group_size * args.prompts_per_step,
         max_steps=args.steps,
         learning_rate=args.lr,
         beta=0.0,
-        temperature=0.9,
+        temperature=args.temperature,
+        top_p=args.top_p,
         max_completion_length=args.max_completion_length,
         answer_style="answer",
         use_cpu=True,
@@ -181,6 +196,10 @@ def grpo_run(
         float(by_step[i + 1].get("train/frac_reward_zero_std", float("nan"))) for i in range(len(steps))
     ]
     iou_mean = [sum(s["ious"]) / len(s["ious"]) for s in steps]
+    # Hit rate at the threshold that scored the step (raw_iou has none: IoU >= 0.5, the A@0.5 bar).
+    hit = [
+        sum(v >= (0.5 if s["tau"] is None else s["tau"]) for v in s["ious"]) / len(s["ious"]) for s in steps
+    ]
     k = early_steps(len(steps))
     metrics = evaluate(result.model_dir, prepared, args.max_completion_length)
     summary = {
@@ -208,6 +227,7 @@ def grpo_run(
         "dead_acc": dead_acc,
         "dead_all": dead_all,
         "iou_mean": iou_mean,
+        "hit": hit,
     }
     return {
         "summary": summary,
@@ -355,13 +375,14 @@ def _smooth(values: list[float], width: int) -> list[float]:
 
 
 def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
-    """Left: accuracy-reward dead-group rate per step (10-step moving mean, mean over seeds). Right: tau."""
+    """Per GRPO step, mean over seeds: accuracy-reward dead-group rate (10-step moving mean), tau, and the hit
+    rate at the scoring tau (10-step moving mean; raw_iou: IoU >= 0.5)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.4), dpi=80)
     for name in SCHEDULES:
         sel = [r["traces"] for r in runs if r["summary"]["schedule"] == name]
         if not sel:
@@ -372,15 +393,20 @@ def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
         if all(v is not None for t in sel for v in t["tau"][:n]):
             tau = [sum(t["tau"][i] for t in sel) / len(sel) for i in range(n)]
             ax2.plot(range(1, n + 1), tau, color=line.get_color(), label=name)
+        if all("hit" in t for t in sel):
+            hit = [sum(t["hit"][i] for t in sel) / len(sel) for i in range(n)]
+            ax3.plot(range(1, n + 1), _smooth(hit, 10), color=line.get_color(), label=name)
     k = early_steps(args.steps)
-    for ax in (ax1, ax2):
+    for ax in (ax1, ax2, ax3):
         ax.axvline(k + 0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("GRPO step")
     ax1.set_ylabel("dead groups (acc. reward)")
     ax1.set_ylim(-0.02, 1.02)
     ax2.set_ylabel("IoU threshold tau (mean over seeds)")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    ax3.set_ylabel("hit rate at the scoring tau")
+    ax3.set_ylim(-0.02, 1.02)
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -476,24 +502,58 @@ def simulate(args: argparse.Namespace, prepared: Any) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def run_seed(seed: int, args: argparse.Namespace, prepared: Any, work: Path):
+    """One seed: SFT once, then GRPO under every schedule from that checkpoint. Returns (runs, SFT eval)."""
+    common.limit_threads(args.threads)
+    t_start = time.perf_counter()
+    sft_dir = run_sft(prepared, seed, args.sft_steps, work)
+    sft_eval = evaluate(sft_dir, prepared, args.max_completion_length)
+    print(
+        f"  SFT seed {seed}: A@0.5 {sft_eval['eval/A@0.5']:.1f} mIoU {sft_eval['eval/mIoU']:.3f}", flush=True
+    )
+    runs = []
+    for name in args.schedules:
+        run = grpo_run(prepared, name, seed, sft_dir, args, work)
+        s = run["summary"]
+        runs.append(run)
+        print(
+            f"  {name:8s} seed {seed}: dead(acc) early {s['dead_acc_early']:.2f} all {s['dead_acc_all']:.2f}; "
+            f"A@0.5 {s['A@0.5']:.1f} A@0.8 {s['A@0.8']:.1f} mIoU {s['mIoU']:.3f}; tau -> {s['final_tau']}; "
+            f"{s['wall_s']:.0f} s ({s['seconds_per_step']:.2f} s/step); elapsed {time.perf_counter() - t_start:.0f} s",
+            flush=True,
+        )
+    return runs, sft_eval
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    recipe = local_recipe()  # defaults: the embedded default run's recipe
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
-    parser.add_argument("--steps", type=int, default=80, help="GRPO steps per run")
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--prompts-per-step", type=int, default=4)
-    parser.add_argument("--group-size", type=int, default=4, help="completions per prompt (num_generations)")
-    parser.add_argument("--window", type=int, default=10, help="curriculum window N (local config: 10)")
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--max-completion-length", type=int, default=40)
-    parser.add_argument("--n", type=int, default=160, help="synthetic images")
+    parser.add_argument("--steps", type=int, default=recipe["max_steps"], help="GRPO steps per run")
+    parser.add_argument("--sft-steps", type=int, default=recipe["sft_warmup_steps"])
+    parser.add_argument(
+        "--prompts-per-step",
+        type=int,
+        default=recipe["per_device_train_batch_size"] // recipe["num_generations"],
+    )
+    parser.add_argument("--group-size", type=int, default=recipe["num_generations"], help="num_generations")
+    parser.add_argument(
+        "--window", type=int, default=recipe["curriculum"]["window"], help="curriculum window"
+    )
+    parser.add_argument("--tau0", type=float, default=recipe["curriculum"]["tau0"], help="curriculum tau0")
+    parser.add_argument("--lr", type=float, default=recipe["learning_rate"])
+    parser.add_argument("--temperature", type=float, default=recipe["temperature"])
+    parser.add_argument("--top-p", type=float, default=recipe.get("top_p", 1.0))
+    parser.add_argument("--max-completion-length", type=int, default=recipe["max_completion_length"])
+    parser.add_argument("--n", type=int, default=600, help="synthetic images (~20 %% test)")
     parser.add_argument("--target-scale", type=float, default=1.0)
-    parser.add_argument("--contrast", type=float, default=0.35)
-    parser.add_argument("--blur", type=float, default=1.0)
+    parser.add_argument("--contrast", type=float, default=1.0)
+    parser.add_argument("--blur", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument("--work", default="/tmp/medloc_bench_curriculum")
     parser.add_argument("--experiment", default="medloc-bench")
     parser.add_argument("--no-mlflow", action="store_true")
@@ -531,20 +591,20 @@ def main(argv: list[str] | None = None) -> None:
     note_start = common.machine_note()
     runs: list[dict[str, Any]] = []
     sft_evals: dict[int, dict[str, float]] = {}
-    for seed in args.seeds:
-        sft_dir = run_sft(prepared, seed, args.sft_steps, work)
-        sft_evals[seed] = evaluate(sft_dir, prepared, args.max_completion_length)
-        for name in args.schedules:
-            run = grpo_run(prepared, name, seed, sft_dir, args, work)
-            s = run["summary"]
-            if not args.no_mlflow:
-                run["mlflow_run_id"] = log_mlflow(run, args.experiment)
-            runs.append(run)
-            print(
-                f"  {name:8s} seed {seed}: dead(acc) early {s['dead_acc_early']:.2f} all {s['dead_acc_all']:.2f}; "
-                f"A@0.5 {s['A@0.5']:.1f} mIoU {s['mIoU']:.3f}; tau -> {s['final_tau']}; "
-                f"{s['wall_s']:.0f} s ({s['seconds_per_step']:.2f} s/step); elapsed {time.perf_counter() - t_start:.0f} s"
-            )
+    jobs = [(seed, args, prepared, work) for seed in args.seeds]
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+            results = pool.starmap(run_seed, jobs)
+    else:
+        results = [run_seed(*job) for job in jobs]
+    for seed, (seed_runs, sft_eval) in zip(args.seeds, results):
+        runs += seed_runs
+        sft_evals[seed] = sft_eval
+    if not args.no_mlflow:
+        for run in runs:
+            run["mlflow_run_id"] = log_mlflow(run, args.experiment)
     total = time.perf_counter() - t_start
     note = f"Whole script {total / 60:.1f} min, {args.threads} torch thread(s); start: {note_start}; end: {common.machine_note()}."
     md = write_outputs(runs, sft_evals, args, note)

@@ -93,7 +93,10 @@ def plot_rewards(history: Sequence[Mapping[str, Any]], path: str | Path | None =
 
 
 def plot_curriculum(history: Sequence[Mapping[str, Any]], path: str | Path | None = None) -> Figure:
-    """IoU threshold τ (``curriculum/threshold``) and window hit rate (``curriculum/hit_rate``) per step.
+    """IoU threshold τ (``curriculum/threshold``) and window hit rate (``curriculum/hit_rate``) per step, with
+    the readiness bars the rule compares them against: P(τ) (``curriculum/required_hit_rate``, the minimum
+    window hit rate) and S(τ) (``curriculum/max_reward_std``, the maximum window std, drawn with the window std
+    ``curriculum/reward_std``).
 
     Steps where τ was raised (``curriculum/raised`` true) are marked with dashed vertical lines.
     """
@@ -101,10 +104,19 @@ def plot_curriculum(history: Sequence[Mapping[str, Any]], path: str | Path | Non
     steps, tau = _steps_and_values(history, "curriculum/threshold")
     hsteps, hit = _steps_and_values(history, "curriculum/hit_rate")
     rsteps, raised = _steps_and_values(history, "curriculum/raised")
+    psteps, pbar = _steps_and_values(history, "curriculum/required_hit_rate")
+    ssteps, sbar = _steps_and_values(history, "curriculum/max_reward_std")
+    dsteps, std = _steps_and_values(history, "curriculum/reward_std")
     if steps.size:
         ax.step(steps, tau, where="post", color="tab:blue", lw=2, label="threshold τ")
     if hsteps.size:
         ax.plot(hsteps, hit, color="tab:orange", lw=1, label="window hit rate")
+    if psteps.size:
+        ax.step(psteps, pbar, where="post", color="tab:orange", ls=":", lw=1.5, label="P(τ): min hit rate")
+    if dsteps.size and ssteps.size:
+        ax.plot(dsteps, std, color="tab:green", lw=0.8, alpha=0.8, label="window std")
+    if ssteps.size:
+        ax.step(ssteps, sbar, where="post", color="tab:green", ls=":", lw=1.5, label="S(τ): max std")
     for i, step in enumerate(rsteps[raised > 0.5]):
         ax.axvline(step, color="tab:red", ls="--", lw=1, label="τ raised" if i == 0 else None)
     if steps.size or hsteps.size:

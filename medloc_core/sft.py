@@ -19,6 +19,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -88,9 +89,11 @@ def sft_warmup(
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = True,
     bf16: bool = False,
+    lr_schedule: str = "constant",
 ) -> SFTResult:
     """Train ``model`` in place for ``steps`` optimizer steps of ``batch_size`` examples (sampled with a seeded
-    shuffle, cycling through ``examples``). Constant learning rate after a 10 % linear warm-up; AdamW.
+    shuffle, cycling through ``examples``). AdamW; a 10 % linear warm-up, then ``lr_schedule``: ``constant``, or
+    ``cosine`` (decay to 0 at the last step: the checkpoint GRPO starts from is not caught mid-oscillation).
 
     ``on_step(step, loss)`` is called after each step (1-based). ``bf16`` runs the forward pass under bf16
     autocast; the weights and AdamW state keep the model's dtype (fp32 master weights). Returns
@@ -106,8 +109,16 @@ def sft_warmup(
     if not params:
         raise ValueError("sft_warmup: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+
+    def factor(s: int) -> float:
+        if s < warmup or lr_schedule == "constant":
+            return min(1.0, (s + 1) / warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     rng = random.Random(seed)
     order: list[int] = []
     device = next(model.parameters()).device

@@ -129,7 +129,8 @@ class TrainingConfig:
     default otherwise.
 
     SFT warm-up: ``sft_warmup_steps`` (0 = off) steps of batch ``sft_batch_size`` at ``sft_learning_rate``
-    (None = 3e-3 for the tiny model, 1e-5 otherwise).
+    (None = 3e-3 for the tiny model, 1e-5 otherwise), ``sft_lr_scheduler_type`` ``constant`` or ``cosine``
+    after a 10 % warm-up.
     """
 
     model_name_or_path: str = "tiny"
@@ -169,6 +170,7 @@ class TrainingConfig:
     sft_warmup_steps: int = 0
     sft_learning_rate: float | None = None
     sft_batch_size: int = 8
+    sft_lr_scheduler_type: str = "constant"
     bf16: bool = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
@@ -256,6 +258,10 @@ class TrainingConfig:
             raise bad("min_pixels", "need 0 < min_pixels <= max_pixels")
         if self.schedule != "medloc" and self.curriculum:
             raise bad("curriculum", f"only applies to schedule 'medloc', not {self.schedule!r}; remove it")
+        from medloc_core.sft import LR_SCHEDULES
+
+        if self.sft_lr_scheduler_type not in LR_SCHEDULES:
+            raise bad("sft_lr_scheduler_type", f"must be one of {LR_SCHEDULES}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise bad("torch_threads", "must be >= 1 (or null for the automatic choice)")
         if self.medgrpo_normalization and self.medgrpo_fit_samples < 1:
@@ -525,6 +531,12 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
                 if key in stats:
                     metrics[metric] = float(stats[key])
             metrics["curriculum/num_raises"] = float(stats.get("num_raises", 0))
+            config = getattr(sched, "config", None)
+            if tau_before is not None and hasattr(config, "min_hit_rate"):
+                # The readiness bars this step's check compared against: P(τ) (min window hit rate) and S(τ)
+                # (max window std) at the τ that scored the step.
+                metrics["curriculum/required_hit_rate"] = float(config.min_hit_rate(tau_before))
+                metrics["curriculum/max_reward_std"] = float(config.max_std(tau_before))
         metrics["curriculum/raised"] = float(raised)
         return metrics
 
@@ -900,7 +912,13 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
     done = sft_dir / SFT_DONE_NAME
     if done.is_file():
         summary = json.loads(done.read_text(encoding="utf-8"))
-        if summary.get("steps") == config.sft_warmup_steps and summary.get("base_model") == model_path:
+        wanted = {
+            "steps": config.sft_warmup_steps,
+            "base_model": model_path,
+            "lr_schedule": config.sft_lr_scheduler_type,
+            "batch_size": config.sft_batch_size,
+        }
+        if all(summary.get(k) == v for k, v in wanted.items()):
             logger.info("reusing finished SFT warm-up in %s", sft_dir)
             return str(sft_dir), summary
     import torch
@@ -924,6 +942,7 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
         seed=config.seed,
         progress=config.progress,
         bf16=config.bf16,
+        lr_schedule=config.sft_lr_scheduler_type,
     )
     if sft_dir.exists():
         shutil.rmtree(sft_dir)
@@ -936,6 +955,9 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
         "last_loss": res.last_loss,
         "seconds": res.seconds,
         "base_model": model_path,
+        "lr_schedule": config.sft_lr_scheduler_type,
+        "batch_size": config.sft_batch_size,
+        "losses": [round(v, 4) for v in res.losses],
     }
     done.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     del model

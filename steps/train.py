@@ -95,9 +95,15 @@ def train_model(
         ):
             mlflow.log_figure(make(result["history"]), f"plots/{name}")
         mlflow.log_artifact(str(Path(folder) / "history.jsonl"), artifact_path="training")
+        sft = dict(result.get("sft") or {})
+        losses = sft.pop("losses", None) or []
+        if losses:  # the SFT warm-up's learning curve, one point per SFT step
+            tracking.log_history_rows(
+                [{"step": i, "sft/loss": v} for i, v in enumerate(losses, start=1)], up_to_step=len(losses)
+            )
         summary = {key: result[key] for key in SUMMARY_KEYS}
         summary["schedule"] = train_config.schedule
-        summary["sft"] = result.get("sft")
+        summary["sft"] = sft or None
         mlflow.log_metrics(
             {f"train/summary/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
         )

@@ -40,7 +40,7 @@ def test_data_bench_prints_images_per_second(tmp_path: Path) -> None:
 def test_curriculum_bench_writes_a_row_per_schedule_and_seed(tmp_path: Path) -> None:
     _run(
         tmp_path, "bench/curriculum.py", "--seeds", "0", "--schedules", "medloc", "fixed", "--steps", "3",
-        "--sft-steps", "10", "--n", "24", "--no-mlflow", "--work", str(tmp_path / "work"),
+        "--sft-steps", "10", "--n", "24", "--no-mlflow", "--work", str(tmp_path / "work"), "--tau0", "0.3",
     )  # fmt: skip
     with (tmp_path / "results" / "curriculum.csv").open() as fh:
         rows = list(csv.DictReader(fh))

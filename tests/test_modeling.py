@@ -120,3 +120,43 @@ def test_build_rejects_bad_arguments(tmp_path) -> None:
         modeling.build_tiny_qwen25vl(tmp_path, size="huge")
     with pytest.raises(ValueError, match="min_pixels"):
         modeling.build_tiny_qwen25vl(tmp_path, min_pixels=100, max_pixels=10)
+
+
+@pytest.fixture(scope="module")
+def grounder(tmp_path_factory):
+    return modeling.build_tiny_qwen25vl(tmp_path_factory.mktemp("grounder") / "model", size="grounder")
+
+
+def test_grounder_writes_each_coordinate_as_one_token(grounder) -> None:
+    from transformers import AutoTokenizer
+
+    from medloc_core.boxes import parse_box
+
+    tok = AutoTokenizer.from_pretrained(grounder)
+    assert type(tok).__name__ != "Qwen2Tokenizer"  # would rebuild the pre-tokenizer and split the digits
+    for n in range(modeling.NUMBER_TOKEN_MAX + 1):
+        assert tok.tokenize(f" {n}")[-1] == str(n), n
+    target = prompts.target_completion((7, 30, 111, 84), "skin lesion", answer_style="answer")
+    tokens = tok.tokenize(target)
+    for value in ("7", "30", "111", "84"):
+        assert value in tokens
+    assert tok.decode(tok(target)["input_ids"]) == target  # round trip, so parse_box sees the real text
+    assert tuple(parse_box(tok.decode(tok(target)["input_ids"]))) == (7, 30, 111, 84)
+    # the plumbing model keeps Qwen's one token per digit
+    tiny_tok = modeling.build_tiny_tokenizer(0)
+    assert tiny_tok.tokenize(" 111")[-3:] == ["1", "1", "1"]
+
+
+def test_grounder_rope_lets_the_language_model_see_image_columns(grounder) -> None:
+    """At Qwen's rope theta 1e6 and head_dim 16 the width section of M-RoPE turns < 1e-3 rad across a 4-token-wide
+    image; the stand-in's theta 10 turns it by > 0.3 rad per visual token."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(grounder).text_config
+    rope = text.rope_parameters
+    head_dim = text.hidden_size // text.num_attention_heads
+    inv_freq = [rope["rope_theta"] ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    t, h, w = rope["mrope_section"]
+    assert t + h + w == head_dim // 2
+    assert max(inv_freq[t + h :]) * 3 > 0.3  # across one row of 4 visual tokens, the width phase moves
+    assert rope["rope_theta"] == modeling.TINY_SIZES["grounder"]["rope_theta"]
