@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -90,11 +89,24 @@ def local_recipe() -> dict[str, Any]:
 
 
 def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
-    """Build the stand-in (init seed ``seed``) and SFT it on the train split; return the checkpoint folder."""
-    import torch
+    """Build the stand-in (init seed ``seed``) and run the local recipe's SFT warm-up on the train split (the
+    pipeline's own ``training.run_sft_warmup``, early stop on the val split included); return its folder."""
+    from medloc_core import modeling, training
 
-    from medloc_core import modeling, sft, training
-
+    recipe = local_recipe()
+    sft_keys = [k for k in recipe if k.startswith("sft_")] + [
+        "schedule",
+        "curriculum",
+        "max_completion_length",
+    ]
+    cfg = training.TrainingConfig(
+        **{k: recipe[k] for k in sft_keys if k in recipe},
+        sft_warmup_steps=steps,
+        answer_style="answer",
+        use_cpu=True,
+        seed=seed,
+        progress=False,
+    )
     base = modeling.ensure_tiny_model(
         work / "models",
         seed=seed,
@@ -107,27 +119,16 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
     rows = training.train_rows(prepared)
     training.check_frames(rows, processor)
     examples = training.build_examples(rows, "answer")
-    torch.manual_seed(seed)
-    model = modeling.load_model(str(base), dtype="float32")
-    res = sft.sft_warmup(
-        model,
-        processor,
-        [sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in examples],
-        steps=steps,
-        learning_rate=float(local_recipe().get("sft_learning_rate", 1e-3)),
-        batch_size=8,
-        seed=seed,
-        progress=False,
+    out = work / f"seed{seed}"
+    folder, summary = training.run_sft_warmup(
+        cfg, str(base), processor, examples, out, training.sft_val_examples(prepared, cfg, processor)
     )
-    out = work / f"seed{seed}" / "sft"
-    if out.exists():
-        shutil.rmtree(out)
-    model.save_pretrained(str(out))
-    processor.save_pretrained(str(out))
     print(
-        f"  SFT seed {seed}: {steps} steps in {res.seconds:.0f} s, loss {res.first_loss:.2f} -> {res.last_loss:.2f}"
+        f"  SFT seed {seed}: {summary['steps']} steps in {summary['seconds']:.0f} s (early stop: "
+        f"{summary.get('stopped_early')}), loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f}",
+        flush=True,
     )
-    return out
+    return Path(folder)
 
 
 def evaluate(model_dir: Path, prepared: Any, max_new_tokens: int) -> dict[str, float]:

@@ -95,11 +95,23 @@ def predict_one(
         predictor = BoxPredictor(model, max_new_tokens=max_new_tokens)
         with Image.open(image_path) as img:
             result = predictor.predict(
-                [img.convert("RGB")], [build_prompt_text(query, answer_style=answer_style or "think")]
+                [img.convert("RGB")],
+                [build_prompt_text(query, answer_style=answer_style or trained_answer_style(model))],
             )[0]
         box = list(result["box_original"]) if result["box_original"] is not None else None
         completion = result["completion"]
     return {"model": model, "image": image_path, "query": query, "box": box, "completion": completion}
+
+
+def trained_answer_style(model_dir: str) -> str:
+    """The answer style a training run's ``final`` folder was trained with (``medloc_training.json``), else
+    ``think`` (the default prompt)."""
+    summary = Path(model_dir) / "medloc_training.json"
+    if summary.is_file():
+        style = (json.loads(summary.read_text(encoding="utf-8")).get("config") or {}).get("answer_style")
+        if style:
+            return str(style)
+    return "think"
 
 
 def resolve_query(query: str | None, dataset: str) -> str:
@@ -226,7 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--answer-style",
         choices=["think", "answer"],
         default=None,
-        help="prompt style; default: what the registered model was trained with (think for folders)",
+        help="prompt style; default: what the model was trained with (registered tag, or the folder's "
+        "medloc_training.json; else think)",
     )
     p.set_defaults(func=_cmd_predict)
 

@@ -34,11 +34,14 @@ class SFTExample:
 
 @dataclass
 class SFTResult:
-    """What the warm-up did: ``losses`` per step (mean token cross-entropy, nats), wall ``seconds``."""
+    """What the warm-up did: ``steps`` run, ``losses`` per step (mean token cross-entropy, nats), wall ``seconds``;
+    ``checks`` the early-stop criterion's values and whether it ended the warm-up (``stopped_early``)."""
 
     steps: int
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    checks: list[tuple[int, float]] = field(default_factory=list)  # (step, value of the stop criterion)
+    stopped_early: bool = False
 
     @property
     def first_loss(self) -> float:
@@ -90,10 +93,16 @@ def sft_warmup(
     progress: bool = True,
     bf16: bool = False,
     lr_schedule: str = "constant",
+    stop_when: Callable[[int], float | None] | None = None,
+    check_every: int = 50,
+    stop_at: float = 1.0,
 ) -> SFTResult:
     """Train ``model`` in place for ``steps`` optimizer steps of ``batch_size`` examples (sampled with a seeded
     shuffle, cycling through ``examples``). AdamW; a 10 % linear warm-up, then ``lr_schedule``: ``constant``, or
     ``cosine`` (decay to 0 at the last step: the checkpoint GRPO starts from is not caught mid-oscillation).
+
+    Early stop: every ``check_every`` steps ``stop_when(step)`` returns a score (e.g. a validation hit rate);
+    the warm-up ends once it reaches ``stop_at``, so it hands over a policy that is warm, not converged.
 
     ``on_step(step, loss)`` is called after each step (1-based). ``bf16`` runs the forward pass under bf16
     autocast; the weights and AdamW state keep the model's dtype (fp32 master weights). Returns
@@ -158,6 +167,17 @@ def sft_warmup(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+            if stop_when is not None and step % check_every == 0 and step < steps:
+                score = stop_when(step)
+                model.train()
+                if score is not None:
+                    result.checks.append((step, float(score)))
+                    if score >= stop_at:
+                        result.steps, result.stopped_early = step, True
+                        logger.info(
+                            "SFT warm-up: stop criterion %.3f >= %.3f at step %d", score, stop_at, step
+                        )
+                        break
     finally:
         if bar is not None:
             bar.close()
@@ -166,7 +186,7 @@ def sft_warmup(
     result.seconds = time.perf_counter() - t0
     logger.info(
         "SFT warm-up: %d steps in %.1f s, loss %.3f -> %.3f",
-        steps,
+        result.steps,
         result.seconds,
         result.first_loss,
         result.last_loss,

@@ -130,7 +130,10 @@ class TrainingConfig:
 
     SFT warm-up: ``sft_warmup_steps`` (0 = off) steps of batch ``sft_batch_size`` at ``sft_learning_rate``
     (None = 3e-3 for the tiny model, 1e-5 otherwise), ``sft_lr_scheduler_type`` ``constant`` or ``cosine``
-    after a 10 % warm-up.
+    after a 10 % warm-up. ``sft_stop_hit_rate`` (None = run all steps) ends the warm-up early, checked every
+    ``sft_check_every`` steps, once the greedy hit rate on the ``val`` split at IoU ``sft_stop_iou`` (None = the
+    schedule's starting threshold: τ0, the fixed τ, or 0.5) reaches it: GRPO then starts from a policy that is in
+    range of its first threshold but still has room to learn.
     """
 
     model_name_or_path: str = "tiny"
@@ -171,6 +174,9 @@ class TrainingConfig:
     sft_learning_rate: float | None = None
     sft_batch_size: int = 8
     sft_lr_scheduler_type: str = "constant"
+    sft_stop_hit_rate: float | None = None
+    sft_stop_iou: float | None = None
+    sft_check_every: int = 50
     bf16: bool = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
@@ -260,6 +266,12 @@ class TrainingConfig:
             raise bad("curriculum", f"only applies to schedule 'medloc', not {self.schedule!r}; remove it")
         from medloc_core.sft import LR_SCHEDULES
 
+        if self.sft_stop_hit_rate is not None and not 0.0 < self.sft_stop_hit_rate <= 1.0:
+            raise bad("sft_stop_hit_rate", "must be in (0, 1] (or null: no early stop)")
+        if self.sft_stop_iou is not None and not 0.0 <= self.sft_stop_iou <= 1.0:
+            raise bad("sft_stop_iou", "must be in [0, 1]")
+        if self.sft_check_every < 1:
+            raise bad("sft_check_every", "must be >= 1")
         if self.sft_lr_scheduler_type not in LR_SCHEDULES:
             raise bad("sft_lr_scheduler_type", f"must be one of {LR_SCHEDULES}")
         if self.torch_threads is not None and self.torch_threads < 1:
@@ -345,17 +357,17 @@ def _check_columns(df: Any) -> None:
         raise ValueError(f"prepared data is missing column(s) {missing} (have {list(df.columns)})")
 
 
-def train_rows(prepared_df: Any) -> Any:
-    """The ``split == "train"`` rows, validated (input-frame boxes finite with x1 < x2, y1 < y2; frame sizes
-    positive; prompt text present). Errors name the record."""
+def train_rows(prepared_df: Any, split: str = "train") -> Any:
+    """The ``split == "train"`` rows (or another ``split``'s), validated (input-frame boxes finite with x1 < x2,
+    y1 < y2; frame sizes positive; prompt text present). Errors name the record."""
     _check_columns(prepared_df)
-    rows = prepared_df[prepared_df["split"] == "train"].reset_index(drop=True)
+    rows = prepared_df[prepared_df["split"] == split].reset_index(drop=True)
     if rows.empty:
         splits = sorted(map(str, prepared_df["split"].unique()))
-        raise ValueError(f"prepared data has no split=='train' rows (splits present: {splits})")
+        raise ValueError(f"prepared data has no split=={split!r} rows (splits present: {splits})")
     for i, r in rows.iterrows():
         box = [r["in_x1"], r["in_y1"], r["in_x2"], r["in_y2"]]
-        where = f"record_id={r['record_id']!r} (train row {i})"
+        where = f"record_id={r['record_id']!r} ({split} row {i})"
         try:
             box = [float(v) for v in box]
             w, h = int(r["input_width"]), int(r["input_height"])
@@ -802,10 +814,11 @@ def generate_completions(
     examples: Sequence[Mapping[str, Any]],
     *,
     max_new_tokens: int,
-    temperature: float,
+    temperature: float | None,
     batch_size: int = 8,
 ) -> list[str]:
-    """Sample one completion per example (``prompt`` messages + ``image``); used to fit MedGRPO statistics."""
+    """One completion per example (``prompt`` messages + ``image``): sampled at ``temperature`` (MedGRPO's
+    statistics), or greedy with ``temperature=None`` (the SFT early-stop check)."""
     import torch
 
     device = next(model.parameters()).device
@@ -824,9 +837,12 @@ def generate_completions(
             )
             enc = {k: v.to(device) for k, v in enc.items()}
             with torch.no_grad():
-                ids = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature
+                sampling = (
+                    {"do_sample": False}
+                    if temperature is None
+                    else {"do_sample": True, "temperature": temperature}
                 )
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling)
             out += processor.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         model.train(was_training)
@@ -904,19 +920,65 @@ def latest_complete_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: list[dict], output_dir: Path):
+def sft_stop_iou(config: TrainingConfig) -> float:
+    """The IoU of the SFT early-stop check: ``sft_stop_iou``, else where the schedule starts."""
+    if config.sft_stop_iou is not None:
+        return config.sft_stop_iou
+    if config.schedule == "medloc":
+        return config.curriculum_config().tau0
+    return config.fixed_tau if config.schedule == "fixed" else 0.5
+
+
+def greedy_hit_rate(
+    model: Any, processor: Any, examples: Sequence[Mapping[str, Any]], *, iou: float, max_new_tokens: int
+) -> float:
+    """Share of ``examples`` whose greedy answer parses to a box with IoU >= ``iou`` (input-frame pixels)."""
+    from medloc_core.boxes import iou as box_iou
+    from medloc_core.boxes import parse_box
+
+    texts = generate_completions(model, processor, examples, max_new_tokens=max_new_tokens, temperature=None)
+    hits = 0
+    for e, text in zip(examples, texts):
+        box = parse_box(text)
+        hits += int(box is not None and box_iou(tuple(box), tuple(e["bbox"])) >= iou)
+    return hits / len(examples) if examples else 0.0
+
+
+def sft_val_examples(prepared_df: Any, config: TrainingConfig, processor: Any) -> list[dict] | None:
+    """The ``val`` split as examples for the SFT early-stop check (None when it is off or there is no val)."""
+    if config.sft_stop_hit_rate is None or not (prepared_df["split"] == "val").any():
+        return None
+    rows = train_rows(prepared_df, "val")
+    check_frames(rows, processor)
+    return build_examples(rows, config.answer_style)
+
+
+def run_sft_warmup(
+    config: TrainingConfig,
+    model_path: str,
+    processor: Any,
+    examples: list[dict],
+    output_dir: Path,
+    val_examples: list[dict] | None = None,
+):
     """SFT warm-up into ``output_dir/sft`` (skipped when a finished one is there). Returns (path, summary)."""
     from medloc_core import modeling, sft
 
     sft_dir = output_dir / "sft"
     done = sft_dir / SFT_DONE_NAME
+    stop = config.sft_stop_hit_rate if val_examples else None
+    if config.sft_stop_hit_rate is not None and not val_examples:
+        logger.warning(
+            "sft_stop_hit_rate is set but there is no 'val' split: the SFT warm-up runs all its steps"
+        )
     if done.is_file():
         summary = json.loads(done.read_text(encoding="utf-8"))
         wanted = {
-            "steps": config.sft_warmup_steps,
+            "max_steps": config.sft_warmup_steps,
             "base_model": model_path,
             "lr_schedule": config.sft_lr_scheduler_type,
             "batch_size": config.sft_batch_size,
+            "stop_hit_rate": stop,
         }
         if all(summary.get(k) == v for k, v in wanted.items()):
             logger.info("reusing finished SFT warm-up in %s", sft_dir)
@@ -932,6 +994,13 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
     if lr is None:
         lr = 3e-3 if config.is_tiny else 1e-5
     sft_examples = [sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in examples]
+    stop_iou = sft_stop_iou(config)
+
+    def val_hit_rate(step: int, policy: Any = model) -> float:
+        return greedy_hit_rate(
+            policy, processor, val_examples, iou=stop_iou, max_new_tokens=config.max_completion_length
+        )
+
     res = sft.sft_warmup(
         model,
         processor,
@@ -943,6 +1012,9 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
         progress=config.progress,
         bf16=config.bf16,
         lr_schedule=config.sft_lr_scheduler_type,
+        stop_when=val_hit_rate if stop is not None else None,
+        check_every=config.sft_check_every,
+        stop_at=stop if stop is not None else 1.0,
     )
     if sft_dir.exists():
         shutil.rmtree(sft_dir)
@@ -950,6 +1022,11 @@ def _run_sft(config: TrainingConfig, model_path: str, processor: Any, examples: 
     processor.save_pretrained(str(sft_dir))
     summary = {
         "steps": res.steps,
+        "max_steps": config.sft_warmup_steps,
+        "stop_hit_rate": stop,
+        "stop_iou": stop_iou if stop is not None else None,
+        "stopped_early": res.stopped_early,
+        "val_checks": [list(c) for c in res.checks],
         "learning_rate": lr,
         "first_loss": res.first_loss,
         "last_loss": res.last_loss,
@@ -1057,8 +1134,11 @@ def prepare_training(
     sft_summary = None
     model_path = base_path
     if config.sft_warmup_steps > 0:
+        val_examples = sft_val_examples(prepared_df, config, processor)
         with proc_state.main_process_first():
-            model_path, sft_summary = _run_sft(config, base_path, processor, examples, out)
+            model_path, sft_summary = run_sft_warmup(
+                config, base_path, processor, examples, out, val_examples
+            )
 
     torch.manual_seed(config.seed)
     model = modeling.load_model(model_path, dtype=weights_dtype(config))

@@ -97,10 +97,10 @@ def train_model(
         mlflow.log_artifact(str(Path(folder) / "history.jsonl"), artifact_path="training")
         sft = dict(result.get("sft") or {})
         losses = sft.pop("losses", None) or []
-        if losses:  # the SFT warm-up's learning curve, one point per SFT step
-            tracking.log_history_rows(
-                [{"step": i, "sft/loss": v} for i, v in enumerate(losses, start=1)], up_to_step=len(losses)
-            )
+        if losses:  # the SFT warm-up's learning curve, one point per SFT step, and its early-stop checks
+            rows = [{"step": i, "sft/loss": v} for i, v in enumerate(losses, start=1)]
+            rows += [{"step": int(step), "sft/val_hit_rate": v} for step, v in sft.get("val_checks") or []]
+            tracking.log_history_rows(rows, up_to_step=len(losses))
         summary = {key: result[key] for key in SUMMARY_KEYS}
         summary["schedule"] = train_config.schedule
         summary["sft"] = sft or None

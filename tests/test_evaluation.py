@@ -170,3 +170,20 @@ def test_log_prediction_grid_writes_png(tmp_path):
     out = log_prediction_grid(prepared, preds, tmp_path / "plots" / "grid.png")
     assert out == tmp_path / "plots" / "grid.png"
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_gain_is_per_image_and_has_a_paired_interval() -> None:
+    import pandas as pd
+
+    from medloc_core.evaluation import paired_gain
+
+    ids = [f"r{i}" for i in range(10)]
+    base = pd.DataFrame({"record_id": ids, "iou": [0.2] * 10})
+    model = pd.DataFrame({"record_id": ids[::-1], "iou": [0.6] * 3 + [0.9] * 2 + [0.1] * 5})  # other order
+    gain = paired_gain(model, base, n_boot=200)
+    assert gain["eval/gain/A@0.5"] == pytest.approx(50.0)
+    assert gain["eval/gain/A@0.8"] == pytest.approx(20.0)
+    assert gain["eval/gain/mIoU"] == pytest.approx((0.4 * 3 + 0.7 * 2 - 0.1 * 5) / 10)
+    assert gain["eval/gain/A@0.5_ci_low"] < 50.0 < gain["eval/gain/A@0.5_ci_high"] <= 100.0
+    with pytest.raises(ValueError, match="different images"):
+        paired_gain(model.iloc[:5], base)
