@@ -94,13 +94,10 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
     from medloc_core import modeling, training
 
     recipe = local_recipe()
-    sft_keys = [k for k in recipe if k.startswith("sft_")] + [
-        "schedule",
-        "curriculum",
-        "max_completion_length",
-    ]
+    keys = [k for k in recipe if k.startswith("sft_") and k != "sft_warmup_steps"]
+    keys += ["schedule", "curriculum", "max_completion_length"]
     cfg = training.TrainingConfig(
-        **{k: recipe[k] for k in sft_keys if k in recipe},
+        **{k: recipe[k] for k in keys if k in recipe},
         sft_warmup_steps=steps,
         answer_style="answer",
         use_cpu=True,

@@ -17,6 +17,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def modeling_sizes() -> list[str]:
+    from medloc_core.modeling import TINY_SIZES  # no heavy imports: modeling loads transformers lazily
+
+    return list(TINY_SIZES)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``build-tiny-model`` and ``train`` subcommands."""
     p = subparsers.add_parser(
@@ -28,7 +34,12 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    p.add_argument(
+        "--size",
+        choices=tuple(modeling_sizes()),
+        default="tiny",
+        help="tiny: plumbing tests (~0.2 M); grounder: the CPU stand-in that learns to localize (~1 M)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-pixels", type=int, default=56 * 56, help="processor's minimum image area (pixels)")
     p.add_argument(
