@@ -132,7 +132,9 @@ def test_repo_configs_load() -> None:
     assert gpu.bf16 and gpu.gradient_checkpointing and not gpu.use_cpu
     assert gpu.curriculum_config().tau0 == 0.3
     local = TrainingConfig.from_dict(_training_section("medloc_training_local.yaml"))
-    assert local.model_name_or_path == "tiny" and local.use_cpu and local.sft_warmup_steps > 0
+    assert local.model_name_or_path == "tiny-grounder" and local.is_tiny and local.use_cpu
+    assert local.sft_warmup_steps > 0 and local.sft_stop_hit_rate is not None
+    assert local.per_device_train_batch_size % local.num_generations == 0
 
 
 def test_vllm_requested_without_vllm_is_a_clear_error(tmp_path) -> None:
