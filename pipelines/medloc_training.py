@@ -9,11 +9,11 @@ that block of the embedded default.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
 from zenml import pipeline
+from zenml.utils.env_utils import substitute_env_variable_placeholders
 
 from medloc_core.tracking import export_medloc_home
 from steps.evaluate import evaluate_model
@@ -28,18 +28,10 @@ EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_trai
 
 
 def embedded_parameters(path: Path = EMBEDDED_CONFIG) -> dict[str, dict]:
-    """The ``parameters:`` block of the embedded default config, ``${VAR}`` placeholders substituted as ZenML
-    substitutes them when the same file is passed with ``-c``."""
-    parameters = yaml.safe_load(path.read_text(encoding="utf-8")).get("parameters") or {}
-
-    def expand(value):
-        if isinstance(value, dict):
-            return {k: expand(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [expand(v) for v in value]
-        return os.path.expandvars(value) if isinstance(value, str) else value
-
-    return expand(parameters)
+    """The ``parameters:`` block of the embedded default config, ``${VAR}`` placeholders substituted by ZenML's
+    own substitution, exactly as when the same file is passed with ``-c``."""
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return substitute_env_variable_placeholders(config.get("parameters") or {})
 
 
 @pipeline(name="medloc_training", enable_cache=False)

@@ -108,11 +108,13 @@ def train_model(
             {f"train/summary/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
         )
     logger.info("Training finished: %s", summary)
+    from medloc_core import registry
+
     # The last steps' dead-group rates travel with the summary: registration refuses a model whose GRPO had
     # no gradient at the end (registry.registration_blockers).
     summary["history_tail"] = [
         {"step": r.get("step"), "train/frac_reward_zero_std": r.get("train/frac_reward_zero_std")}
-        for r in result["history"][-20:]
+        for r in result["history"][-registry.DEAD_TAIL_STEPS :]
     ]
     # The base (the policy GRPO started from: the hub id, or the SFT warm-up folder) travels as a name/path,
     # not a copy: a 3B base model is not worth duplicating into the artifact store.
