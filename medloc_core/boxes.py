@@ -237,6 +237,25 @@ _CORNER_KEYS = tuple(
 )
 
 
+# VLM-R1's REC reward (vlm_modules/qwen_module.py): the first <answer>...</answer> block, closed; inside it the
+# first "[int, int, int, int]" with no space after "[" (the format reward's pattern is in medloc_core.rewards).
+PARSERS = ("vlmr1", "lenient")
+_VLMR1_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_VLMR1_BOX = re.compile(r"\[(\d+),\s*(\d+),\s*(\d+),\s*(\d+)]")
+
+
+def _vlmr1_numbers(text: str) -> list[float] | None:
+    """VLM-R1's box: first closed answer block, its first integer quadruple, as written (no corner swap)."""
+    block = _VLMR1_ANSWER.search(text)
+    if block is None:
+        return None
+    match = _VLMR1_BOX.search(block.group(1).strip())
+    if match is None:
+        return None
+    values = [float(int(g)) for g in match.groups()]
+    return values if all(math.isfinite(v) for v in values) else None
+
+
 def _four_numbers(body: str) -> list[float] | None:
     """The 4 finite numbers of a list body such as ``10, 20.5, "30", 40``; None for anything else."""
     match = _FOUR_NUMBERS.fullmatch(body)
@@ -274,11 +293,17 @@ def _find_numbers(scope: str) -> list[float] | None:
 def parse_box(
     text: Any,
     *,
+    parser: str = "lenient",
     coords: str = "pixels",
     width: float | None = None,
     height: float | None = None,
 ) -> Box | None:
     """Extract one ``(x1, y1, x2, y2)`` pixel box from a model completion, or None.
+
+    ``parser="vlmr1"`` reads the box exactly as VLM-R1's REC accuracy reward does, for GRPO rewards: the first
+    closed ``<answer>...</answer>`` block, inside it the first ``[int, int, int, int]`` (non-negative integers,
+    no space after ``[``), corners as written (an inverted box scores IoU 0), nothing outside the answer block.
+    ``parser="lenient"`` (the default, for evaluation and ``predict``) is described below.
 
     Scope: the ``<answer>`` blocks if the text has any (the first block holding a box wins, so an empty
     ``<answer> </answer>`` echoed from the instructions inside ``<think>`` does not hide the real answer; an
@@ -305,6 +330,8 @@ def parse_box(
     that do not hold exactly 4 numbers. It never raises on any string; it raises ValueError only for invalid
     ``coords``/``width``/``height`` arguments (a caller bug, not a model output).
     """
+    if parser not in PARSERS:
+        raise ValueError(f"parse_box: parser must be one of {PARSERS}, got {parser!r}")
     if coords not in COORD_SYSTEMS:
         raise ValueError(f"parse_box: coords must be one of {COORD_SYSTEMS}, got {coords!r}")
     if coords != "pixels" and not (
@@ -319,6 +346,14 @@ def parse_box(
         )
     if not isinstance(text, str):
         return None
+    if parser == "vlmr1":
+        try:
+            values = _vlmr1_numbers(text)
+        except (ValueError, OverflowError):  # an integer too long to convert
+            return None
+        if values is None:
+            return None
+        return _to_pixels(values, coords, width, height, swap=False)
     try:
         values = None
         has_answer = False
@@ -333,6 +368,12 @@ def parse_box(
         return None
     if values is None:
         return None
+    return _to_pixels(values, coords, width, height, swap=True)
+
+
+def _to_pixels(
+    values: list[float], coords: str, width: float | None, height: float | None, *, swap: bool
+) -> Box | None:
     x1, y1, x2, y2 = values
     if coords != "pixels":
         assert width is not None and height is not None
@@ -341,4 +382,4 @@ def parse_box(
         y1, y2 = y1 / unit * height, y2 / unit * height
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
             return None
-    return normalize_box((x1, y1, x2, y2))
+    return normalize_box((x1, y1, x2, y2)) if swap else (x1, y1, x2, y2)

@@ -9,6 +9,9 @@ A rank-``r`` update is split into ``r`` rank-1 experts, each with its own learna
   base model (the GRPO reference policy); ``λ ∈ R^r`` starts at ``lora_alpha`` (no α/r scaling).
 * ``m̃`` is expert-level inverted dropout on ``λ``: each expert is kept with probability ``1 - drop_rate`` and
   scaled by ``1 / (1 - drop_rate)``, resampled on every training forward (the paper's "stochastic masking").
+* Masks are drawn only in a training forward that builds a graph (``module.training`` and grad enabled). GRPO
+  rollouts (``generate``) and the no-grad log-prob passes run with every expert on, so the completions come
+  from the deterministic policy the loss is computed against, not from a mask resampled per token.
 
 :func:`apply_mlae` replaces matching ``nn.Linear`` modules with :class:`MLAELinear` and freezes every other
 parameter; :func:`save_mlae` / :func:`load_mlae` store only the MLAE tensors; :func:`merge_mlae` folds the
@@ -58,6 +61,7 @@ class MLAELinear(nn.Module):
         self.mlae_lambda = nn.Parameter(torch.full((r,), float(lora_alpha), dtype=torch.float32, device=dev))
         nn.init.kaiming_uniform_(self.mlae_A, a=math.sqrt(5))
         self.input_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.mask_draws = 0  # how many expert masks were sampled (tests count them)
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
@@ -66,16 +70,19 @@ class MLAELinear(nn.Module):
         return self.base_layer.weight
 
     def expert_scales(self) -> torch.Tensor:
-        """λ with expert-level inverted dropout applied in training mode (shape ``(r,)``)."""
+        """λ, shape ``(r,)``, with expert-level inverted dropout in a training forward under grad; all experts
+        on (no mask) in eval mode and under ``torch.no_grad`` (generation, reference / old log-probs)."""
         lam = self.mlae_lambda
-        if self.training and self.drop_rate > 0:
+        if self.training and self.drop_rate > 0 and torch.is_grad_enabled():
+            self.mask_draws += 1
             keep = torch.bernoulli(torch.full_like(lam, 1.0 - self.drop_rate))
             lam = lam * keep / (1.0 - self.drop_rate)
         return lam
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        h = self.input_dropout(x).to(self.mlae_A.dtype) @ self.mlae_A.t()  # (..., r): a_i · x
+        x_in = self.input_dropout(x) if torch.is_grad_enabled() else x  # same rule as the expert mask
+        h = x_in.to(self.mlae_A.dtype) @ self.mlae_A.t()  # (..., r): a_i · x
         delta = (h * self.expert_scales()) @ self.mlae_B  # Σ_i m̃_i λ_i (a_i·x) b_i
         return out + delta.to(out.dtype)
 

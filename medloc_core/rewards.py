@@ -23,9 +23,40 @@ from typing import Any
 
 import numpy as np
 
-from medloc_core.boxes import iou, parse_box
+from medloc_core.boxes import PARSERS, iou, parse_box
 
 RewardFunc = Callable[..., list[float | None]]
+
+# Rewards read answers as VLM-R1 does unless told otherwise: what the policy is rewarded for is the paper's.
+# "lenient" (boxes.parse_box's default) is for evaluation, predict and recipes that choose it.
+DEFAULT_REWARD_PARSER = "vlmr1"
+
+# VLM-R1's REC format reward, verbatim (vlm_modules/qwen_module.py, format_reward_rec), used with re.search.
+VLMR1_FORMAT_PATTERN = r"<think>.*?</think>\s*<answer>.*?\{.*\[\d+,\s*\d+,\s*\d+,\s*\d+\].*\}.*?</answer>"
+# The same without the think block, for answer-only prompts.
+VLMR1_ANSWER_ONLY_PATTERN = r"<answer>.*?\{.*\[\d+,\s*\d+,\s*\d+,\s*\d+\].*\}.*?</answer>"
+
+# Reward mixes: "sum" is TRL's weighted sum with the config's weights (VLM-R1: plain sum, weights 1);
+# "vtriune" is V-Triune's (a·accuracy + f·format) / (a + f) with a = 1.0, f = 0.1 (reward_server/verify.py).
+REWARD_MIXES = ("sum", "vtriune")
+VTRIUNE_ACCURACY_WEIGHT = 1.0
+VTRIUNE_FORMAT_WEIGHT = 0.1
+
+
+def _check_parser(parser: str, name: str) -> None:
+    if parser not in PARSERS:
+        raise ValueError(f"{name}: parser must be one of {PARSERS}, got {parser!r}")
+
+
+def reward_weights(mix: str, accuracy_weight: float = 1.0, format_weight: float = 1.0) -> tuple[float, float]:
+    """TRL ``reward_weights`` ``(accuracy, format)`` for a mix. TRL sums ``w_i * r_i``, so V-Triune's
+    normalised mix is the weights ``(a / (a + f), f / (a + f))``; ``sum`` returns the given weights."""
+    if mix == "sum":
+        return float(accuracy_weight), float(format_weight)
+    if mix == "vtriune":
+        total = VTRIUNE_ACCURACY_WEIGHT + VTRIUNE_FORMAT_WEIGHT
+        return VTRIUNE_ACCURACY_WEIGHT / total, VTRIUNE_FORMAT_WEIGHT / total
+    raise ValueError(f"reward_weights: mix must be one of {REWARD_MIXES}, got {mix!r}")
 
 
 # ------------------------------------------------------------------------------------------- completions
@@ -170,34 +201,56 @@ def make_format_reward(
     allow_floats: bool = True,
     partial_credit: bool = False,
     name: str = "format_reward",
+    parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
-    """VLM-R1-style format reward (methods.md E3): 1.0 when the whole completion is
-    ``<think>...</think>`` (if ``require_think``) followed by ``<answer>...</answer>`` whose content holds a JSON
-    object ``{ ... [n, n, n, n] ... }``; else 0.0.
+    """Format reward (methods.md E3): 1.0 or 0.0.
 
-    ``allow_floats``: numbers may be decimals or negative (VLM-R1 accepts only non-negative integers).
-    ``partial_credit``: 0.5 instead of 0.0 when the layout is wrong but :func:`parse_box` still finds a box.
+    ``parser="vlmr1"`` (default): VLM-R1's REC rule, ``re.search`` of :data:`VLMR1_FORMAT_PATTERN` (text
+    before and after allowed; ``<think>...</think>``, whitespace, then ``<answer>`` holding ``{ ... [d, d, d,
+    d] ... }`` with non-negative integers and no space after ``[``); without the think block when
+    ``require_think`` is False. ``allow_floats`` does not apply.
+
+    ``parser="lenient"``: the whole completion must be ``<think>...</think>`` (if ``require_think``) then an
+    answer block with a JSON object ``{ ... [n, n, n, n] ... }`` and no ``<`` inside it; ``allow_floats``:
+    numbers may be decimals or negative.
+
+    ``partial_credit``: 0.5 instead of 0.0 when the layout is wrong but :func:`parse_box` (with ``parser``)
+    still finds a box.
     """
-    num = r"-?\d+(?:\.\d+)?" if allow_floats else r"\d+"
-    box = rf"\[\s*{num}\s*,\s*{num}\s*,\s*{num}\s*,\s*{num}\s*\]"
-    answer = rf"<answer>[^<]*?\{{[^<]*?{box}[^<]*?\}}[^<]*?</answer>"
-    think = r"<think>.*?</think>\s*" if require_think else ""
-    pattern = re.compile(rf"\s*{think}{answer}\s*", re.DOTALL)
+    _check_parser(parser, "make_format_reward")
+    if parser == "vlmr1":
+        vlmr1 = re.compile(VLMR1_FORMAT_PATTERN if require_think else VLMR1_ANSWER_ONLY_PATTERN, re.DOTALL)
+
+        def matches(text: str) -> bool:
+            return vlmr1.search(text) is not None
+
+    else:
+        num = r"-?\d+(?:\.\d+)?" if allow_floats else r"\d+"
+        box = rf"\[\s*{num}\s*,\s*{num}\s*,\s*{num}\s*,\s*{num}\s*\]"
+        answer = rf"<answer>[^<]*?\{{[^<]*?{box}[^<]*?\}}[^<]*?</answer>"
+        think = r"<think>.*?</think>\s*" if require_think else ""
+        lenient = re.compile(rf"\s*{think}{answer}\s*", re.DOTALL)
+
+        def matches(text: str) -> bool:
+            return lenient.fullmatch(text) is not None
 
     def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
         out = []
         for c in completions:
             text = completion_text(c)
-            if pattern.fullmatch(text):
+            if matches(text):
                 out.append(1.0)
-            elif partial_credit and parse_box(text) is not None:
+            elif partial_credit and parse_box(text, parser=parser) is not None:
                 out.append(0.5)
             else:
                 out.append(0.0)
         return out
 
     reward.__name__ = reward.__qualname__ = name
-    reward.__doc__ = f"Format reward (require_think={require_think}, allow_floats={allow_floats}, partial_credit={partial_credit})."
+    reward.__doc__ = (
+        f"Format reward (parser={parser}, require_think={require_think}, allow_floats={allow_floats}, "
+        f"partial_credit={partial_credit})."
+    )
     return reward
 
 
@@ -246,6 +299,7 @@ def _score_ious(
     tracker: RewardTracker | None,
     *,
     need_ds: bool,
+    parser: str,
 ) -> tuple[list[float], list[str | None] | None]:
     """Parse, compute IoU against ``bbox``, record in the tracker and log metrics. Unparseable -> IoU 0."""
     n = len(completions)
@@ -253,7 +307,7 @@ def _score_ious(
     datasets = _datasets(kwargs, n, name, need_ds)
     ious, failures = [], 0
     for c, gt in zip(completions, gts):
-        box = parse_box(completion_text(c))
+        box = parse_box(completion_text(c), parser=parser)
         if box is None:
             failures += 1
             ious.append(0.0)
@@ -284,17 +338,21 @@ def _is_per_dataset(schedule: Any) -> bool:
 
 
 def make_iou_threshold_reward(
-    schedule: Any, tracker: RewardTracker | None = None, name: str = "iou_accuracy_reward"
+    schedule: Any,
+    tracker: RewardTracker | None = None,
+    name: str = "iou_accuracy_reward",
+    parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
     """Binary accuracy reward (methods.md E2): 1.0 if IoU >= tau else 0.0 (``>`` when ``schedule.ge`` is False).
 
     tau is read from ``schedule.threshold`` at call time (or ``schedule.threshold_for(dataset)`` for a
     :class:`~medloc_core.curriculum.PerDatasetSchedule`), so a raise applies to the next batch.
     """
+    _check_parser(parser, name)
     per_dataset = _is_per_dataset(schedule)
 
     def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset)
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
         taus = _thresholds(schedule, datasets, len(ious), name)
         ge = getattr(schedule, "ge", True)
         return [1.0 if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
@@ -303,11 +361,14 @@ def make_iou_threshold_reward(
     return reward
 
 
-def make_raw_iou_reward(tracker: RewardTracker | None = None, name: str = "raw_iou_reward") -> RewardFunc:
+def make_raw_iou_reward(
+    tracker: RewardTracker | None = None, name: str = "raw_iou_reward", parser: str = DEFAULT_REWARD_PARSER
+) -> RewardFunc:
     """Continuous IoU in [0, 1] as the reward (VLM-R1's current reward; MedLoc-R1's Raw-IoU baseline)."""
+    _check_parser(parser, name)
 
     def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, _ = _score_ious(completions, kwargs, name, tracker, need_ds=False)
+        ious, _ = _score_ious(completions, kwargs, name, tracker, need_ds=False, parser=parser)
         return ious
 
     reward.__name__ = reward.__qualname__ = name
@@ -315,14 +376,18 @@ def make_raw_iou_reward(tracker: RewardTracker | None = None, name: str = "raw_i
 
 
 def make_vtriune_reward(
-    schedule: Any, tracker: RewardTracker | None = None, name: str = "vtriune_iou_reward"
+    schedule: Any,
+    tracker: RewardTracker | None = None,
+    name: str = "vtriune_iou_reward",
+    parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
     """V-Triune's single-box detection reward (methods.md §3): ``IoU * 1[IoU >= eps_t]`` with eps_t from the
     schedule (normally a :class:`~medloc_core.curriculum.VTriuneSchedule`)."""
+    _check_parser(parser, name)
     per_dataset = _is_per_dataset(schedule)
 
     def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset)
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
         taus = _thresholds(schedule, datasets, len(ious), name)
         ge = getattr(schedule, "ge", True)
         return [u if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
@@ -338,6 +403,7 @@ def make_iou_shaped_reward(
     band: float = 0.1,
     credits: Sequence[float] = (0.5, 0.25, 0.125),
     name: str = "iou_shaped_reward",
+    parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
     """Graded partial credit below the threshold: our adaptation to boxes of VRFT-Aug's "medically informed
     reward shaping" (MFRS, methods.md §5), which gives partial credit that decays with the distance between the
@@ -353,10 +419,11 @@ def make_iou_shaped_reward(
     credit_list = [float(c) for c in credits]
     if any(not 0.0 <= c <= 1.0 for c in credit_list):
         raise ValueError(f"make_iou_shaped_reward: credits must be in [0, 1], got {credit_list}")
+    _check_parser(parser, name)
     per_dataset = _is_per_dataset(schedule)
 
     def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset)
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
         taus = _thresholds(schedule, datasets, len(ious), name)
         ge = getattr(schedule, "ge", True)
         out = []
@@ -373,16 +440,18 @@ def make_iou_shaped_reward(
     return reward
 
 
-def make_reward_for_schedule(schedule: Any, tracker: RewardTracker | None = None) -> RewardFunc:
+def make_reward_for_schedule(
+    schedule: Any, tracker: RewardTracker | None = None, parser: str = DEFAULT_REWARD_PARSER
+) -> RewardFunc:
     """The accuracy reward that matches a schedule: raw IoU for ``raw_iou``, V-Triune's for ``vtriune``, the
-    binary ``IoU >= tau`` for ``medloc``, ``fixed`` and per-dataset schedules."""
+    binary ``IoU >= tau`` for ``medloc``, ``fixed`` and per-dataset schedules; answers read with ``parser``."""
     name = getattr(schedule, "name", "")
     base = name.split(":", 1)[-1]
     if base == "raw_iou":
-        return make_raw_iou_reward(tracker)
+        return make_raw_iou_reward(tracker, parser=parser)
     if base == "vtriune":
-        return make_vtriune_reward(schedule, tracker)
-    return make_iou_threshold_reward(schedule, tracker)
+        return make_vtriune_reward(schedule, tracker, parser=parser)
+    return make_iou_threshold_reward(schedule, tracker, parser=parser)
 
 
 # -------------------------------------------------------------------------------------------- MedGRPO

@@ -112,7 +112,14 @@ class TrainingConfig:
     the fitted quartiles go stale as τ rises: use it with ``raw_iou`` or ``vtriune``). With per-dataset
     thresholds each dataset's IoUs of a step form one window entry of its schedule. The format reward (VLM-R1) is added when
     ``format_reward``; it requires ``<think>`` when ``answer_style == "think"`` unless ``format_require_think``
-    says otherwise.
+    says otherwise. ``reward_parser`` says how rewards read a completion: ``vlmr1`` (default: VLM-R1's REC
+    regexes, integers only, first closed answer block) or ``lenient`` (``boxes.parse_box``'s evaluation
+    parser). ``reward_mix``: ``sum`` (TRL's weighted sum with ``accuracy_weight``/``format_weight``; VLM-R1's
+    plain sum with the default weights 1) or ``vtriune`` ((1·accuracy + 0.1·format) / 1.1, V-Triune's code);
+    None picks ``vtriune`` for the ``vtriune`` schedule and ``sum`` otherwise.
+
+    Sampling: ``temperature``, ``top_p`` and ``top_k`` (0 = off) for the rollouts. ``use_bias_correction_kl``
+    (TRL's option, off here as in VLM-R1: the plain k3 KL term) multiplies the KL term by the importance ratio.
 
     GRPO: ``num_generations`` completions per prompt; ``per_device_train_batch_size`` counts completions
     (a multiple of ``num_generations``). ``beta`` is the KL weight: 0.04 (VLM-R1) by default, the digest's 0.4
@@ -161,6 +168,8 @@ class TrainingConfig:
     num_iterations: int = 1
     temperature: float = 0.9
     top_p: float = 1.0
+    top_k: int = 0
+    use_bias_correction_kl: bool = False
     max_completion_length: int = 48
     loss_type: str = "grpo"
     scale_rewards: str = "group"
@@ -192,6 +201,8 @@ class TrainingConfig:
     format_partial_credit: bool = False
     format_weight: float = 1.0
     accuracy_weight: float = 1.0
+    reward_parser: str = "vlmr1"
+    reward_mix: str | None = None
     progress: bool = True
     torch_threads: int | None = None
 
@@ -247,6 +258,15 @@ class TrainingConfig:
             raise bad("beta", "must be >= 0")
         if self.temperature <= 0:
             raise bad("temperature", "must be > 0")
+        if self.top_k < 0:
+            raise bad("top_k", "must be >= 0 (0 = off)")
+        from medloc_core.boxes import PARSERS
+        from medloc_core.rewards import REWARD_MIXES
+
+        if self.reward_parser not in PARSERS:
+            raise bad("reward_parser", f"must be one of {PARSERS}")
+        if self.reward_mix is not None and self.reward_mix not in REWARD_MIXES:
+            raise bad("reward_mix", f"must be one of {REWARD_MIXES} (or null: by schedule)")
         if not 0.0 <= self.fixed_tau <= 1.0:
             raise bad("fixed_tau", "must be in [0, 1]")
         if not 0.0 <= self.mlae_drop_rate < 1.0:
@@ -303,6 +323,13 @@ class TrainingConfig:
     def target_modules_arg(self) -> list[str] | str:
         """Module-name suffixes as a list, or one regex over full module names (peft's convention)."""
         return self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+
+    @property
+    def resolved_reward_mix(self) -> str:
+        """``reward_mix``, or V-Triune's mix for the ``vtriune`` schedule and ``sum`` otherwise."""
+        if self.reward_mix is not None:
+            return self.reward_mix
+        return "vtriune" if self.schedule == "vtriune" else "sum"
 
     @property
     def is_tiny(self) -> bool:
@@ -1065,6 +1092,8 @@ def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: 
         num_iterations=config.num_iterations,
         temperature=config.temperature,
         top_p=config.top_p,
+        top_k=config.top_k,
+        use_bias_correction_kl=config.use_bias_correction_kl,
         max_completion_length=config.max_completion_length,
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
@@ -1147,7 +1176,7 @@ def prepare_training(
 
     schedule = _make_schedule(config, [e["dataset"] for e in examples])
     tracker = rewards.RewardTracker()
-    accuracy = rewards.make_reward_for_schedule(schedule, tracker)
+    accuracy = rewards.make_reward_for_schedule(schedule, tracker, parser=config.reward_parser)
     medgrpo_stats = None
     if config.medgrpo_normalization:
         stats_path = out / MEDGRPO_STATS_NAME
@@ -1155,13 +1184,16 @@ def prepare_training(
             if stats_path.is_file():  # fitted by the main rank just now, or by the run being resumed
                 medgrpo_stats = json.loads(stats_path.read_text(encoding="utf-8"))
             else:
-                fit_reward = rewards.make_reward_for_schedule(schedule, None)
+                fit_reward = rewards.make_reward_for_schedule(schedule, None, parser=config.reward_parser)
                 medgrpo_stats = fit_medgrpo(model, processor, examples, fit_reward, config)
                 stats_path.write_text(json.dumps(medgrpo_stats, indent=2) + "\n", encoding="utf-8")
         accuracy = rewards.make_medgrpo_normalized_reward(
             accuracy, {k: tuple(v) for k, v in medgrpo_stats.items()}, k=config.medgrpo_k
         )
-    reward_funcs, weights = [accuracy], [config.accuracy_weight]
+    accuracy_weight, format_weight = rewards.reward_weights(
+        config.resolved_reward_mix, config.accuracy_weight, config.format_weight
+    )
+    reward_funcs, weights = [accuracy], [accuracy_weight]
     if config.format_reward:
         require_think = (
             config.answer_style == "think"
@@ -1170,10 +1202,12 @@ def prepare_training(
         )
         reward_funcs.append(
             rewards.make_format_reward(
-                require_think=require_think, partial_credit=config.format_partial_credit
+                require_think=require_think,
+                partial_credit=config.format_partial_credit,
+                parser=config.reward_parser,
             )
         )
-        weights.append(config.format_weight)
+        weights.append(format_weight)
 
     peft_config = None
     if config.adapter == "lora":

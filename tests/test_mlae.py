@@ -152,3 +152,36 @@ def test_errors() -> None:
         mlae.apply_mlae(_toy(), ["q_proj"], r=2, drop_rate=1.0)
     with pytest.raises(ValueError, match="rank"):
         mlae.apply_mlae(_toy(), ["q_proj"], r=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from medloc_core import modeling
+
+    return modeling.build_tiny_qwen25vl(tmp_path_factory.mktemp("mlae-tiny") / "model")
+
+
+def test_rollouts_come_from_the_deterministic_policy(tiny_dir) -> None:
+    """GRPO rollouts (``generate``, no grad) draw no expert mask even in training mode; the training forward
+    (grad enabled) does, once per MLAE layer and forward."""
+    from medloc_core import modeling
+
+    model = modeling.load_model(tiny_dir, dtype="float32")
+    names = mlae.apply_mlae(model, ["q_proj", "v_proj"], r=4, lora_alpha=1.0, drop_rate=0.5, dropout=0.3)
+    layers = list(mlae.mlae_modules(model).values())
+    with torch.no_grad():
+        for layer in layers:
+            layer.mlae_B.normal_(std=0.5)  # experts that change the output, so a mask would show
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+
+    model.eval()
+    reference = model.generate(input_ids=ids, **kwargs)
+    model.train()
+    torch.manual_seed(0)
+    rollout = model.generate(input_ids=ids, **kwargs)
+    assert sum(layer.mask_draws for layer in layers) == 0
+    assert torch.equal(rollout, reference)  # all experts on, no input dropout: the eval-mode policy
+
+    model(input_ids=rollout).logits.sum().backward()
+    assert [layer.mask_draws for layer in layers] == [1] * len(names)

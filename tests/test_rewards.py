@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -125,7 +126,7 @@ def test_completion_text_rejects_unknown_shapes():
 # ---------------------------------------------------------------------------------------- format reward
 
 FORMAT_CASES = [
-    # text, default, no-think, integers-only, partial-credit
+    # parser="lenient": text, default, no-think, integers-only, partial-credit
     (answer([10, 10, 30, 30]), 1.0, 0.0, 1.0, 1.0),
     ("  " + answer([10, 10, 30, 30]) + "\n", 1.0, 0.0, 1.0, 1.0),
     (answer([10.5, 10, 30, 30]), 1.0, 0.0, 0.0, 1.0),
@@ -140,10 +141,11 @@ FORMAT_CASES = [
 
 @pytest.mark.parametrize("text,default,no_think,ints,partial", FORMAT_CASES)
 def test_format_reward_variants(text, default, no_think, ints, partial):
-    assert trl_call(format_reward, [text]) == [default]
-    assert trl_call(make_format_reward(require_think=False, name="f2"), [text], chat=False) == [no_think]
-    assert trl_call(make_format_reward(allow_floats=False, name="f3"), [text]) == [ints]
-    assert trl_call(make_format_reward(partial_credit=True, name="f4"), [text]) == [partial]
+    lenient = functools.partial(make_format_reward, parser="lenient")
+    assert trl_call(lenient(), [text]) == [default]
+    assert trl_call(lenient(require_think=False, name="f2"), [text], chat=False) == [no_think]
+    assert trl_call(lenient(allow_floats=False, name="f3"), [text]) == [ints]
+    assert trl_call(lenient(partial_credit=True, name="f4"), [text]) == [partial]
 
 
 def test_reward_names_are_meaningful():
@@ -287,7 +289,7 @@ def test_ground_truth_errors_name_the_row():
 
 def test_without_log_metric_and_empty_batch():
     reward = make_raw_iou_reward()
-    assert reward(prompts=["p"], completions=[answer(GT)], bbox=[GT]) == [1.0]
+    assert reward(prompts=["p"], completions=[answer([10, 10, 30, 30])], bbox=[GT]) == [1.0]
     assert reward(prompts=[], completions=[], bbox=[]) == []
 
 
