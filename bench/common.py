@@ -53,9 +53,12 @@ def synthetic_prepared(
     blur: float = 1.0,
     split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
     answer_style: str = "answer",
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
 ) -> Any:
-    """Generate (once, cached by its truth file) a synthetic HAM10000-layout set, read it with the real reader
-    and preprocess it for the tiny model's frame. Returns the prepared DataFrame (boxes: original pixels in
+    """Generate (once, cached by its truth file) a synthetic HAM10000-layout set (``size`` px wide, 4:3), read it
+    with the real reader and preprocess it for the frame ``min_pixels..max_pixels`` (default: the tiny model's).
+    Returns the prepared DataFrame (boxes: original pixels in
     ``x1..y2``, model-input pixels in ``in_x1..in_y2``, xyxy)."""
     from medloc_core.data import generate, preprocess, read_dataset
     from medloc_core.data.synth import TRUTH_FILE, Difficulty
@@ -81,8 +84,8 @@ def synthetic_prepared(
         records,
         seed=seed,
         split_fractions=tuple(split_fractions),
-        min_pixels=MIN_PIXELS,
-        max_pixels=MAX_PIXELS,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
         answer_style=answer_style,
     )
     return prepared

@@ -65,3 +65,20 @@ def test_overhead_bench_measures_the_bare_loop(tmp_path: Path) -> None:
     assert all(0 < run["reward_plus_scheduler_share"] < 1 for run in res["bare"])
     assert res["iou"]["pairs"] == 1_000_000 and res["iou"]["best_s"] > 0
     assert (tmp_path / "results" / "overhead.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_gpu_bench_prints_a_row_per_variant_that_trained(tmp_path: Path) -> None:
+    out = _run(tmp_path, "bench/gpu.py", "--steps", "2", "--n", "12", "--work", str(tmp_path / "work"))
+    assert "| adapter | grad. checkpointing | step (s) |" in out.stdout
+    result = json.loads((tmp_path / "results" / "gpu.json").read_text())
+    assert not result["cuda"]
+    rows = result["rows"]
+    assert [(r["adapter"], r["gradient_checkpointing"]) for r in rows] == [
+        (a, g) for a in ("full", "lora", "mlae") for g in (False, True)
+    ]
+    for r in rows:
+        assert "error" not in r, r
+        changed, sampled = (int(v) for v in r["updated"].split("/"))
+        assert sampled > 0 and changed == sampled, r  # every sampled trainable tensor moved
+        assert r["step_s"] > 0 and r["gen_tokens_per_step"] > 0
