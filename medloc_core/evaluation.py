@@ -302,9 +302,8 @@ def evaluate_model(
     Returns ``(metrics, predictions)``; ``predictions`` has ``record_id, dataset, completion, pred_x1..pred_y2``
     (original-image pixels, NaN when unparsed), ``iou`` (0 when unparsed) and ``parsed``.
     """
-    from PIL import Image
-
     from medloc_core.boxes import iou
+    from medloc_core.images import ImageError, load_rgb
     from medloc_core.inference import BoxPredictor
 
     missing = [c for c in _REQUIRED_COLUMNS if c not in prepared_df.columns]
@@ -327,9 +326,8 @@ def evaluate_model(
     images = []
     for i, path in enumerate(df["image_path"]):
         try:
-            with Image.open(path) as img:
-                images.append(img.convert("RGB"))
-        except (OSError, ValueError) as exc:
+            images.append(load_rgb(path))
+        except ImageError as exc:
             raise ValueError(
                 f"row {i} (record_id={df['record_id'][i]!r}): cannot open image {path!r}: {exc}"
             ) from exc

@@ -223,7 +223,7 @@ def plot_predictions_from_frames(
     ``pred_x1..pred_y2`` (NaN = unparsed, drawn as no box) and ``iou``; both in original-image pixels, joined on
     ``record_id``. Titles show the dataset and the IoU.
     """
-    from PIL import Image
+    from medloc_core.images import load_rgb
 
     if len(predictions) == 0:
         raise ValueError("plot_predictions_from_frames: no predictions")
@@ -233,8 +233,7 @@ def plot_predictions_from_frames(
         if row["record_id"] not in truth.index:
             raise ValueError(f"prediction for record_id={row['record_id']!r} has no row in the prepared data")
         rec = truth.loc[row["record_id"]]
-        with Image.open(rec["image_path"]) as img:
-            images.append(img.convert("RGB"))
+        images.append(load_rgb(rec["image_path"]))
         gts.append(tuple(float(rec[c]) for c in ("x1", "y1", "x2", "y2")))
         pred = tuple(float(row[c]) for c in ("pred_x1", "pred_y1", "pred_x2", "pred_y2"))
         preds.append(None if any(math.isnan(v) for v in pred) else pred)

@@ -13,6 +13,8 @@ import math
 import sys
 from pathlib import Path
 
+from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
+
 logger = logging.getLogger(__name__)
 
 # Same values as medloc_core.registry (tested); repeated so that ``medloc --help`` does not import MLflow.
@@ -65,13 +67,15 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def predict_one(
     model: str, image_path: str, query: str, *, answer_style: str | None, max_new_tokens: int
 ) -> dict:
-    """One box for one image + query with a local model folder or an MLflow model URI; JSON-ready dict."""
-    from PIL import Image
+    """One box for one image + query with a local model folder or an MLflow model URI; JSON-ready dict.
 
+    Raises FileNotFoundError / :class:`~medloc_core.images.ImageError` (one line) for a missing, non-image or
+    oversized file, before any model is loaded."""
     from medloc_core import registry
 
     if not Path(image_path).is_file():
-        raise FileNotFoundError(f"--image {image_path!r} does not exist")
+        raise FileNotFoundError(f"--image {image_path!r} does not exist or is not a file")
+    image = load_rgb(image_path, max_pixels=MAX_IMAGE_PIXELS)
     if registry.is_model_uri(model):
         import mlflow.pyfunc
         import pandas as pd
@@ -79,7 +83,8 @@ def predict_one(
         _use_tracking_uri()
         registry.require_alias(model)
         pyfunc = mlflow.pyfunc.load_model(model)
-        row = {"image": str(Path(image_path).resolve()), "query": query}
+        # The served model takes image bytes only (base64), never a path on its host.
+        row = {"image": registry.encode_image(image), "query": query}
         if answer_style is not None:
             from medloc_core.prompts import build_prompt_text
 
@@ -93,11 +98,10 @@ def predict_one(
         from medloc_core.prompts import build_prompt_text
 
         predictor = BoxPredictor(model, max_new_tokens=max_new_tokens)
-        with Image.open(image_path) as img:
-            result = predictor.predict(
-                [img.convert("RGB")],
-                [build_prompt_text(query, answer_style=answer_style or trained_answer_style(model))],
-            )[0]
+        result = predictor.predict(
+            [image],
+            [build_prompt_text(query, answer_style=answer_style or trained_answer_style(model))],
+        )[0]
         box = list(result["box_original"]) if result["box_original"] is not None else None
         completion = result["completion"]
     return {"model": model, "image": image_path, "query": query, "box": box, "completion": completion}
@@ -126,8 +130,6 @@ def resolve_query(query: str | None, dataset: str) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from medloc_core.plots import draw_box_on_image
     from medloc_core.registry import NoModelAtAliasError
 
@@ -136,15 +138,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         result = predict_one(
             args.model, args.image, query, answer_style=args.answer_style, max_new_tokens=args.max_new_tokens
         )
-    except NoModelAtAliasError as exc:
+    except (NoModelAtAliasError, FileNotFoundError, ImageError) as exc:
         print(f"medloc predict: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     if result["box"] is None:
         print("no box could be parsed from the model's answer", file=sys.stderr)
     if args.save_image:
-        with Image.open(args.image) as img:
-            drawn = draw_box_on_image(img, result["box"])
+        drawn = draw_box_on_image(load_rgb(args.image), result["box"])
         Path(args.save_image).parent.mkdir(parents=True, exist_ok=True)
         drawn.save(args.save_image)
         print(f"saved {args.save_image}", file=sys.stderr)

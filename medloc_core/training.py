@@ -412,10 +412,11 @@ def train_rows(prepared_df: Any, split: str = "train") -> Any:
 def _load_image(path: str, size: tuple[int, int], where: str):
     from PIL import Image
 
+    from medloc_core.images import ImageError, load_rgb
+
     try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (OSError, ValueError) as exc:
+        img = load_rgb(path)
+    except ImageError as exc:
         raise ValueError(f"{where}: cannot read image_path {path!r}: {exc}") from exc
     return img.resize(size, Image.BICUBIC) if img.size != size else img
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from medloc_core.data.masks import MIN_COMPONENT_PX, mask_boxes
@@ -34,6 +34,7 @@ from medloc_core.data.records import (
     records_frame,
 )
 from medloc_core.data.scan import ImageUnit, Scan, Target
+from medloc_core.images import check_size, oriented_size, to_rgb
 
 log = logging.getLogger(__name__)
 # Below this many images the pool's start-up costs more than it saves.
@@ -54,13 +55,27 @@ def _quarantine_all(unit: ImageUnit, field_name: str, reason: str) -> list[Quara
 
 
 def _load_mask(path: str) -> np.ndarray:
-    with Image.open(path) as mask:
-        if mask.mode not in ("L", "RGB", "RGBA"):
-            mask = mask.convert("L")
-        return np.asarray(mask)
+    """Mask pixels for ``mask_boxes`` (foreground > 127), in the displayed frame (EXIF orientation applied).
+
+    A palette mask is read by index (index 0 = background, any other = foreground), not by the palette's
+    colours, whose grey level says nothing about the class; a 16-bit mask is scaled to 8 bits."""
+    with Image.open(path) as raw:
+        mask = ImageOps.exif_transpose(raw)
+        if mask.mode == "P":
+            return np.where(np.asarray(mask) != 0, 255, 0).astype(np.uint8)
+        if mask.mode in ("L", "RGB", "RGBA"):
+            return np.asarray(mask)
+        if mask.mode == "1":
+            return np.asarray(mask.convert("L"))
+        return np.asarray(to_rgb(mask).convert("L"))
 
 
 def _to_pixels(box: Sequence[float], box_format: str, width: int, height: int) -> tuple[float, ...]:
+    if len(box) != 4:
+        raise ValueError(f"needs 4 values, got {len(box)}")
+    for v in box:  # float(True) == 1.0 and float("7") == 7.0: neither is a coordinate
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+            raise TypeError(f"{v!r} is not a number")
     a, b, c, d = (float(v) for v in box)
     if box_format == "xyxy":
         return (a, b, c, d)
@@ -110,10 +125,15 @@ def process_unit(unit: ImageUnit) -> tuple[list[dict], list[QuarantineEntry], st
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            width, height = image.size
+            # The frame boxes live in is the displayed one (EXIF orientation applied), as images.load_rgb
+            # gives it to training, evaluation and predict.
+            width, height = oriented_size(image)
     except Exception as exc:  # Pillow raises many types for corrupt data; all mean the same here
         reason = f"unreadable or corrupt image {unit.image_path}: {type(exc).__name__}: {exc}"
         return [], _quarantine_all(unit, "image_path", reason), digest
+    size_problem = check_size(width, height)
+    if size_problem is not None:
+        return [], _quarantine_all(unit, "image_path", f"{size_problem}: {unit.image_path}"), digest
     records: list[dict] = []
     bad: list[QuarantineEntry] = []
     for target in unit.targets:
@@ -186,6 +206,43 @@ def process_unit(unit: ImageUnit) -> tuple[list[dict], list[QuarantineEntry], st
     return records, bad, digest
 
 
+def _inside(path: str, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def _contain(scan: Scan, root: Path) -> None:
+    """Quarantine every target whose image or mask resolves outside ``root`` (the folder, or the folder of a
+    root file), following symlinks, without opening the file."""
+    base = Path(os.path.realpath(root))
+    if not base.is_dir():
+        base = base.parent
+    kept_units = []
+    for unit in scan.units:
+        if not _inside(unit.image_path, base):
+            for t in unit.targets:
+                scan.quarantine_item(
+                    t.source_file,
+                    t.row,
+                    "image_path",
+                    f"image path {unit.image_path} leads outside the dataset root {base}",
+                )
+            continue
+        kept = []
+        for t in unit.targets:
+            if t.mask_path is not None and not _inside(t.mask_path, base):
+                scan.quarantine_item(
+                    t.source_file,
+                    t.row,
+                    "mask_path",
+                    f"mask path {t.mask_path} leads outside the dataset root {base}",
+                )
+                continue
+            kept.append(t)
+        unit.targets = kept
+        kept_units.append(unit)
+    scan.units = [u for u in kept_units if u.targets]
+
+
 def _dedupe_targets(scan: Scan) -> None:
     """Keep the first target per record id; later ones go to quarantine naming where the first came from."""
     seen: dict[str, tuple[str, int]] = {}
@@ -240,8 +297,13 @@ def run_scan(
     workers: int | None = None,
     progress: bool = True,
 ) -> IngestResult:
-    """Turn a reader's :class:`Scan` into records + quarantine + manifest (no limit check, no files)."""
-    input_rows = scan.n_targets + len(scan.quarantine)
+    """Turn a reader's :class:`Scan` into records + quarantine + manifest (no limit check, no files).
+
+    Input rows = targets + the rows each quarantine entry stands for (a whole unparseable file counts all of
+    its rows). Images and masks whose real path leads outside the dataset root (absolute paths, ``..``,
+    symlinks) are quarantined here, before any file is opened."""
+    input_rows = scan.n_targets + scan.quarantined_rows
+    _contain(scan, Path(root))
     _dedupe_targets(scan)
     records: list[dict] = []
     bad: list[QuarantineEntry] = list(scan.quarantine)
@@ -276,7 +338,8 @@ def run_scan(
         "input_rows": input_rows,
         "records": len(records_df),
         "source_rows_in_records": len(source_rows),
-        "quarantined": len(quarantine_df),
+        "quarantined": int(quarantine_df["rows"].sum()) if len(quarantine_df) else 0,
+        "quarantine_entries": len(quarantine_df),
         "images": len(hashes),
     }
     if counts["source_rows_in_records"] + counts["quarantined"] != input_rows:

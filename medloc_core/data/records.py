@@ -37,7 +37,7 @@ RECORD_COLUMNS = (
     "label",
     "meta",
 )
-QUARANTINE_COLUMNS = ("source_file", "row", "field", "reason")
+QUARANTINE_COLUMNS = ("source_file", "row", "field", "reason", "rows")
 SPLITS = ("train", "val", "test")
 DEFAULT_MAX_QUARANTINE_FRACTION = 0.2
 # Boxes that overshoot the image by at most this many pixels are clipped (and the clip is noted in meta):
@@ -65,10 +65,14 @@ class QuarantineLimitExceeded(RuntimeError):
 
 @dataclass
 class QuarantineEntry:
+    """One quarantined input item. ``rows`` is how many input rows it stands for: 1 for a row, the file's row
+    count when a whole file could not be parsed (row 0), so the quarantine fraction sees the real loss."""
+
     source_file: str
     row: int
     field: str
     reason: str
+    rows: int = 1
 
 
 @dataclass
@@ -91,9 +95,9 @@ class Quarantine:
 
 
 def quarantine_frame(entries: Iterable[QuarantineEntry]) -> pd.DataFrame:
-    rows = [(e.source_file, e.row, e.field, e.reason) for e in entries]
+    rows = [(e.source_file, e.row, e.field, e.reason, e.rows) for e in entries]
     frame = pd.DataFrame(rows, columns=list(QUARANTINE_COLUMNS))
-    return frame.astype({"source_file": str, "row": "int64", "field": str, "reason": str})
+    return frame.astype({"source_file": str, "row": "int64", "field": str, "reason": str, "rows": "int64"})
 
 
 def records_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

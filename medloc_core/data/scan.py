@@ -59,11 +59,39 @@ class Scan:
     options: dict[str, Any] = field(default_factory=dict)
 
     def quarantine_item(self, source_file: str | os.PathLike, row: int, field_name: str, reason: str) -> None:
-        self.quarantine.append(QuarantineEntry(str(source_file), int(row), field_name, reason))
+        self.quarantine.append(QuarantineEntry(str(source_file), int(row), field_name, _one_line(reason)))
+
+    def quarantine_file(
+        self, source_file: str | os.PathLike, field_name: str, reason: str, rows: int
+    ) -> None:
+        """A file that cannot be read as a whole: one entry (row 0) standing for its ``rows`` input rows."""
+        rows = max(1, int(rows))
+        self.quarantine.append(
+            QuarantineEntry(str(source_file), 0, field_name, _one_line(f"{reason} ({rows} rows)"), rows)
+        )
 
     @property
     def n_targets(self) -> int:
         return sum(len(u.targets) for u in self.units)
+
+    @property
+    def quarantined_rows(self) -> int:
+        return sum(e.rows for e in self.quarantine)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def count_lines(path: Path, *, header: bool = False) -> int:
+    """Non-blank lines of a text file (minus a header line): the rows a file that cannot be parsed stood for."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return 1
+    n = sum(1 for line in data.splitlines() if line.strip())
+    return max(1, n - (1 if header else 0))
 
 
 def is_image(path: Path) -> bool:

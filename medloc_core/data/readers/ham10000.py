@@ -28,6 +28,15 @@ METADATA_NAMES = (
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
 
 
+def _by_id(pairs) -> dict[str, Path | list[Path]]:
+    """id -> its file, or the list of files when several share the id."""
+    out: dict[str, Path | list[Path]] = {}
+    for key, path in pairs:
+        have = out.get(key)
+        out[key] = path if have is None else [*(have if isinstance(have, list) else [have]), path]
+    return out
+
+
 def find_metadata(root: Path) -> Path:
     found = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower() in METADATA_NAMES)
     if not found:
@@ -44,11 +53,15 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
     metadata = find_metadata(root)
     scan = Scan(options={"mask_mode": mask_mode, "dataset": dataset, "metadata_file": str(metadata)})
     files = list_images(root)
-    masks = {
-        p.stem.lower()[: -len("_segmentation")]: p for p in files if p.stem.lower().endswith("_segmentation")
-    }
+    masks = _by_id(
+        (p.stem.lower()[: -len("_segmentation")], p)
+        for p in files
+        if p.stem.lower().endswith("_segmentation")
+    )
     images = [p for p in files if not p.stem.lower().endswith("_segmentation")]
-    image_by_id = {p.stem.lower(): p for p in images}
+    # The same image id in both image parts (or twice anywhere) is ambiguous: its rows are quarantined,
+    # never resolved by whichever file was listed last.
+    image_by_id = _by_id((p.stem.lower(), p) for p in images)
     label = TARGET_LABELS.get(dataset, "skin lesion")
     query = default_query(dataset, label)
 
@@ -89,13 +102,26 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
                 metadata, line, "dx", f"unknown label {dx!r}; expected one of {HAM_DIAGNOSES}"
             )
             continue
-        image = image_by_id.get(image_id.lower())
+        found = image_by_id.get(image_id.lower())
+        if isinstance(found, list):
+            names = ", ".join(str(p.relative_to(root)) for p in found)
+            scan.quarantine_item(
+                metadata, line, "image_id", f"image_id {image_id!r} has several image files: {names}"
+            )
+            continue
+        image = found
         if image is None:
             scan.quarantine_item(
                 metadata, line, "image_id", f"no image file for image_id {image_id!r} under {root}"
             )
             continue
         mask = masks.get(image_id.lower())
+        if isinstance(mask, list):
+            names = ", ".join(str(p.relative_to(root)) for p in mask)
+            scan.quarantine_item(
+                metadata, line, "mask_path", f"image_id {image_id!r} has several masks: {names}"
+            )
+            continue
         if mask is None:
             scan.quarantine_item(
                 metadata, line, "mask_path", f"missing mask: no {image_id}_segmentation.png under {root}"

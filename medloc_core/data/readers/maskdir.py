@@ -69,12 +69,20 @@ def read_masks(
     def rel_key(path: Path, base: Path, stem: str) -> str:
         return str(path.parent.relative_to(base) / stem).lower()
 
-    masks = {rel_key(p, masks_root, _mask_key(p.stem)): p for p in list_images(masks_root)}
+    candidates: dict[str, list[Path]] = {}
+    for p in list_images(masks_root):
+        candidates.setdefault(rel_key(p, masks_root, _mask_key(p.stem)), []).append(p)
+    masks = {key: found[0] for key, found in candidates.items()}
     used: set[str] = set()
     pairs = []
     for image in list_images(images_root):
         key = rel_key(image, images_root, image.stem.lower())
         mask = masks.get(key)
+        if mask is not None and len(candidates[key]) > 1:
+            used.add(key)
+            names = ", ".join(p.name for p in candidates[key])
+            scan.quarantine_item(image, 0, "mask_path", f"several masks match image {image.name}: {names}")
+            continue
         if mask is None:
             scan.quarantine_item(
                 image, 0, "mask_path", f"missing mask: no mask named {image.stem}[_mask].* in {masks_root}"

@@ -40,7 +40,7 @@ def read_voc(
         try:
             tree = ET.parse(path)
         except ET.ParseError as exc:
-            scan.quarantine_item(path, 0, "xml", f"malformed XML: {exc}")
+            scan.quarantine_file(path, "xml", f"malformed XML: {exc}", path.read_bytes().count(b"<object"))
             continue
         node = tree.getroot()
         objects = node.findall("object")

@@ -10,6 +10,7 @@ file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -19,17 +20,35 @@ from medloc_core.data.scan import Scan, Target, list_images, split_from_name
 from medloc_core.data.templates import TARGET_LABELS, default_query
 
 
+class NamesFileError(ValueError):
+    """The class-names file exists but cannot be read; every label line is quarantined with this reason."""
+
+
 def _class_names(root: Path) -> list[str] | None:
     for name in ("data.yaml", "dataset.yaml", "data.yml"):
         for path in sorted(root.rglob(name)):
-            names = (yaml.safe_load(path.read_text()) or {}).get("names")
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise NamesFileError(
+                    f"{path.name} is malformed: {' '.join(str(exc).split())[:160]}"
+                ) from None
+            names = data.get("names") if isinstance(data, dict) else None
             if isinstance(names, dict):
-                return [str(names[k]) for k in sorted(names)]
+                try:
+                    keys = sorted(names, key=int)
+                except (TypeError, ValueError):
+                    raise NamesFileError(f"{path.name}: 'names' keys must be class indices") from None
+                if [int(k) for k in keys] != list(range(len(keys))):
+                    raise NamesFileError(f"{path.name}: 'names' keys must be 0..{len(keys) - 1}")
+                return [str(names[k]) for k in keys]
             if isinstance(names, list):
                 return [str(n) for n in names]
+            if data is not None and not isinstance(data, dict) or "names" in (data or {}):
+                raise NamesFileError(f"{path.name}: 'names' must be a list or an index -> name mapping")
     for name in ("classes.txt", "obj.names"):
         for path in sorted(root.rglob(name)):
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            return [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return None
 
 
@@ -44,8 +63,14 @@ def _label_file(image: Path, root: Path) -> Path:
 
 
 def read_yolo(root: Path, *, dataset: str = "yolo", labels: list[str] | None = None) -> Scan:
-    names = _class_names(root)
-    scan = Scan(options={"dataset": dataset, "class_names": names, "labels": labels})
+    names_error = None
+    try:
+        names = _class_names(root)
+    except NamesFileError as exc:
+        names, names_error = None, str(exc)
+    scan = Scan(
+        options={"dataset": dataset, "class_names": names, "labels": labels, "names_error": names_error}
+    )
     images = list_images(root)
     if not images:
         raise FileNotFoundError(f"{root}: no images found (YOLO layout images/ + labels/)")
@@ -84,8 +109,16 @@ def read_yolo(root: Path, *, dataset: str = "yolo", labels: list[str] | None = N
                     f"malformed line {line.strip()!r}: expected 'class cx cy w h'",
                 )
                 continue
+            if names_error is not None:
+                scan.quarantine_item(label_file, line_num, "class", f"class names unreadable: {names_error}")
+                continue
             cls = values[0]
-            if cls != int(cls) or cls < 0 or (names is not None and int(cls) >= len(names)):
+            if (
+                not math.isfinite(cls)
+                or cls != int(cls)
+                or cls < 0
+                or (names is not None and int(cls) >= len(names))
+            ):
                 scan.quarantine_item(label_file, line_num, "class", f"unknown label: class index {parts[0]}")
                 continue
             name = names[int(cls)] if names is not None else f"class_{int(cls)}"
