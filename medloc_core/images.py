@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-# Qwen2.5-VL's smart_resize refuses aspect ratios >= 200; a side under one 28 px merged patch has no content
-# the model can attend to. Such images are quarantined at ingest (they would fail preprocessing later).
+# Qwen2.5-VL's smart_resize refuses aspect ratios over 200 (preprocessing would fail for the whole dataset); a
+# side of a few pixels holds no finding. Such images are quarantined at ingest.
 MAX_ASPECT_RATIO = 200
-MIN_IMAGE_SIDE_PX = 28
+MIN_IMAGE_SIDE_PX = 8
 # Refuse to decode more than this many pixels from untrusted input (serving, predict): 16k x 16k.
 MAX_IMAGE_PIXELS = 16_384 * 16_384
 
@@ -61,8 +61,8 @@ def check_size(width: int, height: int) -> str | None:
     """Why an image of ``width`` x ``height`` pixels cannot be used (one line), or None when it can."""
     if min(width, height) < MIN_IMAGE_SIDE_PX:
         return f"degenerate image {width}x{height}: a side is under {MIN_IMAGE_SIDE_PX} px"
-    if max(width, height) / min(width, height) >= MAX_ASPECT_RATIO:
-        return f"degenerate image {width}x{height}: aspect ratio is {MAX_ASPECT_RATIO} or more"
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return f"degenerate image {width}x{height}: aspect ratio over {MAX_ASPECT_RATIO}"
     return None
 
 

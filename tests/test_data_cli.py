@@ -54,7 +54,13 @@ def test_synth_ingest_preprocess_via_main(tmp_path, capsys):
     records = pd.read_parquet(out / "records.parquet")
     truth = json.loads((data / "medloc_synth.json").read_text())
     assert len(records) == 10 and set(records.record_id) == set(truth["boxes"])
-    assert list(pd.read_csv(out / "quarantine.csv").columns) == ["source_file", "row", "field", "reason", "rows"]
+    assert list(pd.read_csv(out / "quarantine.csv").columns) == [
+        "source_file",
+        "row",
+        "field",
+        "reason",
+        "rows",
+    ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["reader_options"]["mask_mode"] == "largest" and manifest["counts"]["input_rows"] == 10
     assert (

@@ -41,6 +41,10 @@ class ImageFinder:
             return f"absolute image path {ref!r} lies outside the dataset root"
         if ".." in path.parts:
             return f"image path {ref!r} leads outside the dataset root"
+        if not path.is_absolute() and any(
+            os.path.lexists(base / path) and not self._inside(base / path) for base in self.bases
+        ):
+            return f"image path {ref!r} is a link that leads outside the dataset root"
         if self._index is not None and len(path.parts) == 1 and path.name.lower() in self._index:
             if self._index[path.name.lower()] is None:
                 return f"image file name {ref!r} is ambiguous: several images under the root have it"

@@ -1,0 +1,397 @@
+"""Bad input, class by class: every input row ends up in records or in the quarantine report (with its file,
+row and field), nothing is silently wrong, and paths stay inside the dataset root.
+
+Shared invariant (``assert_accounted``): ``input_rows = source rows in records + quarantined rows``, where a
+file that could not be parsed as a whole counts all of its rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from medloc_core.data import QuarantineLimitExceeded, read_dataset
+from medloc_core.images import load_rgb
+
+
+def img(path: Path, w: int = 40, h: int = 30, value: int = 120) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+    return path
+
+
+def read(fmt: str, root: Path, **kw):
+    return read_dataset(fmt, root, workers=1, progress=False, max_quarantine_fraction=None, **kw)
+
+
+def assert_accounted(result, expected_rows: int) -> None:
+    c = result.manifest["counts"]
+    assert c["input_rows"] == expected_rows, c
+    assert c["source_rows_in_records"] + c["quarantined"] == expected_rows, c
+    assert int(result.quarantine["rows"].sum()) == c["quarantined"]
+
+
+def reasons(result, field: str | None = None) -> list[str]:
+    q = result.quarantine
+    return list(q[q["field"] == field]["reason"] if field else q["reason"])
+
+
+def coco(path: Path, images: list, annotations, categories=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "images": images,
+        "annotations": annotations,
+        "categories": categories or [{"id": 1, "name": "x"}],
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def ann(i: int, image_id=1, category_id=1, bbox=None) -> dict:
+    return {"id": i, "image_id": image_id, "category_id": category_id, "bbox": bbox or [2, 2, 10, 10]}
+
+
+# ------------------------------------------------------------------------------- every row accounted for
+
+
+def test_a_truncated_coco_file_counts_all_its_annotations(tmp_path):
+    img(tmp_path / "images" / "a.jpg")
+    coco(tmp_path / "good.json", [{"id": 1, "file_name": "a.jpg"}], [ann(1), ann(2)])
+    text = json.dumps(
+        {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [ann(i) for i in range(1, 9)]}
+    )
+    (tmp_path / "bad.json").write_text(text[: len(text) * 2 // 3])  # cut mid-file
+    result = read("coco", tmp_path)
+    expected_lost = text[: len(text) * 2 // 3].count('"image_id"')
+    assert expected_lost >= 4
+    assert_accounted(result, 2 + expected_lost)
+    (entry,) = result.quarantine[result.quarantine["field"] == "json"].itertuples()
+    assert entry.rows == expected_lost and entry.row == 0 and "bad.json" in entry.source_file
+    with pytest.raises(QuarantineLimitExceeded):  # the limit sees the real loss, not 1 row
+        read_dataset("coco", tmp_path, workers=1, progress=False, max_quarantine_fraction=0.5)
+
+
+@pytest.mark.parametrize(
+    "header,delimiter",
+    [("image,left,top,right,bottom", ","), ("image;x1;y1;x2;y2", ";"), ("image,x1,y1,x1,y2", ",")],
+)
+def test_csv_header_problems_count_every_row(tmp_path, header, delimiter):
+    img(tmp_path / "a.jpg")
+    rows = [delimiter.join(["a.jpg", "2", "2", "12", "12"]) for _ in range(5)]
+    (tmp_path / "boxes.csv").write_text("\n".join([header, *rows, ""]))
+    result = read("csv", tmp_path)
+    assert_accounted(result, 5)
+    if delimiter == ";":  # sniffed: a ;-delimited file is read, not lost
+        assert len(result.records) == 5
+    else:
+        assert len(result.records) == 0 and list(result.quarantine["rows"]) == [5]
+        assert list(result.quarantine["field"]) == ["header"]
+    if header.count("x1") == 2:
+        assert "repeats column" in reasons(result)[0]
+
+
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        ({"image_id": [1]}, "image_id"),
+        ({"category_id": {"id": 1}}, "category_id"),
+        ({"bbox": [True, 2, 10, 10]}, "bbox"),
+        ({"bbox": ["2", 2, 10, 10]}, "bbox"),
+        ({"image_id": None}, "image_id"),
+    ],
+)
+def test_one_bad_coco_value_quarantines_its_annotation_only(tmp_path, bad, field):
+    img(tmp_path / "images" / "a.jpg")
+    coco(tmp_path / "c.json", [{"id": 1, "file_name": "a.jpg"}], [ann(1), {**ann(2), **bad}, ann(3)])
+    result = read("coco", tmp_path)
+    assert_accounted(result, 3)
+    assert len(result.records) == 2
+    (entry,) = result.quarantine.itertuples()
+    assert (entry.row, entry.field) == (2, field) and "c.json" in entry.source_file
+    assert "\n" not in entry.reason
+
+
+def test_coco_null_annotations_is_a_file_problem_with_its_image_count(tmp_path):
+    img(tmp_path / "images" / "a.jpg")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}],
+                                "annotations": None, "categories": None}))  # fmt: skip
+    result = read("coco", tmp_path)
+    assert_accounted(result, 2)
+    assert reasons(result, "annotations") and result.quarantine["rows"].tolist() == [2]
+
+
+@pytest.mark.parametrize("cls", ["nan", "inf", "-inf", "1.5", "-1"])
+def test_yolo_bad_class_values_quarantine_the_line(tmp_path, cls):
+    img(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text(f"0 0.5 0.5 0.2 0.2\n{cls} 0.5 0.5 0.2 0.2\n")
+    result = read("yolo", tmp_path)
+    assert_accounted(result, 2)
+    assert result.quarantine[["row", "field"]].values.tolist() == [[2, "class"]]
+
+
+def test_yolo_malformed_data_yaml_quarantines_the_label_lines(tmp_path):
+    img(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.4 0.4 0.2 0.2\n")
+    (tmp_path / "data.yaml").write_text("names: [lesion, {unclosed\n")
+    result = read("yolo", tmp_path)
+    assert_accounted(result, 2)
+    assert len(result.records) == 0 and all("data.yaml is malformed" in r for r in reasons(result, "class"))
+
+
+# ---------------------------------------------------------------------------------- nothing silently wrong
+
+
+def test_no_basename_fallback_for_a_missing_subfolder(tmp_path):
+    img(tmp_path / "other" / "a.jpg")
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2\nmissing/a.jpg,2,2,12,12\nother/a.jpg,2,2,12,12\n")
+    result = read("csv", tmp_path)
+    assert_accounted(result, 2)
+    assert len(result.records) == 1 and reasons(result, "image") == ["image file 'missing/a.jpg' not found"]
+
+
+def test_an_ambiguous_bare_name_is_not_guessed(tmp_path):
+    img(tmp_path / "x" / "a.jpg")
+    img(tmp_path / "y" / "a.jpg")
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2\na.jpg,2,2,12,12\n")
+    result = read("csv", tmp_path)
+    assert len(result.records) == 0 and "ambiguous" in reasons(result, "image")[0]
+
+
+def test_duplicate_coco_image_ids_are_quarantined_not_last_wins(tmp_path):
+    img(tmp_path / "images" / "a.jpg")
+    img(tmp_path / "images" / "b.jpg")
+    images = [
+        {"id": 1, "file_name": "a.jpg"},
+        {"id": 1, "file_name": "b.jpg"},
+        {"id": 2, "file_name": "b.jpg"},
+    ]
+    coco(tmp_path / "c.json", images, [ann(1, image_id=1), ann(2, image_id=2)])
+    result = read("coco", tmp_path)
+    assert_accounted(result, 2 + 2)  # two annotations + the two image entries that share id 1
+    assert len(result.records) == 1
+    assert sorted(result.quarantine["field"]) == ["id", "id", "image_id"]
+
+
+def test_ham10000_same_id_in_both_parts_and_two_masks_are_reported(tmp_path):
+    from test_data_readers import mask
+
+    img(tmp_path / "HAM10000_images_part_1" / "ISIC_1.jpg")
+    img(tmp_path / "HAM10000_images_part_2" / "ISIC_1.jpg", value=30)
+    img(tmp_path / "HAM10000_images_part_2" / "ISIC_2.jpg")
+    mask(tmp_path / "seg" / "ISIC_1_segmentation.png", (3, 4, 20, 25))
+    mask(tmp_path / "seg" / "ISIC_2_segmentation.png", (3, 4, 20, 25))
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nL1,ISIC_1,nv\nL2,ISIC_2,mel\n")
+    result = read("ham10000", tmp_path)
+    assert_accounted(result, 2)
+    assert list(result.records["record_id"]) == ["ISIC_2"]
+    assert "several image files" in reasons(result, "image_id")[0]
+
+
+def test_mask_folder_with_two_masks_for_one_image(tmp_path):
+    from test_data_readers import mask
+
+    img(tmp_path / "images" / "a.png")
+    mask(tmp_path / "masks" / "a.png", (3, 4, 20, 25))
+    mask(tmp_path / "masks" / "a_mask.png", (5, 5, 10, 10))
+    result = read("masks", tmp_path)
+    assert_accounted(result, 1)
+    assert len(result.records) == 0 and "several masks" in reasons(result, "mask_path")[0]
+
+
+def test_csv_invalid_utf8_row_is_quarantined_and_jsonl_bom_keeps_line_one(tmp_path):
+    img(tmp_path / "a.jpg")
+    (tmp_path / "b.csv").write_bytes(
+        b"image,x1,y1,x2,y2,label\na.jpg,2,2,12,12,ok\na.jpg,2,2,12,12,caf\xe9\n"
+    )
+    result = read("csv", tmp_path)
+    assert_accounted(result, 2)
+    assert result.quarantine[["row", "field"]].values.tolist() == [[3, "encoding"]]
+    assert "\ufffd" not in "".join(result.records["label"])
+
+    j = tmp_path / "j"
+    img(j / "a.jpg")
+    line = json.dumps({"image": "a.jpg", "bbox": [2, 2, 12, 12], "query": "q"})
+    (j / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + (line + "\n" + line.replace("q", "r") + "\n").encode())
+    result = read("jsonl", j)
+    assert_accounted(result, 2)
+    assert len(result.records) == 2
+
+
+@pytest.mark.parametrize("bbox", [[True, 2, 12, 12], ["2", "2", "12", "12"], [2, 2, None, 12]])
+def test_boolean_or_non_numeric_box_values_are_refused(tmp_path, bbox):
+    img(tmp_path / "a.jpg")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"image": "a.jpg", "bbox": bbox}) + "\n")
+    result = read("jsonl", tmp_path)
+    assert_accounted(result, 1)
+    assert len(result.records) == 0 and result.quarantine["field"].tolist() == ["bbox"]
+
+
+def test_16_bit_images_are_scaled_not_white(tmp_path):
+    arr = np.zeros((30, 40), np.uint16)
+    arr[:, 20:] = 4000  # 12-bit data in a 16-bit PNG
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    assert Image.open(tmp_path / "a.png").mode.startswith("I")
+    rgb = np.asarray(load_rgb(tmp_path / "a.png"))
+    assert rgb[:, :20].max() == 0 and rgb[:, 20:].min() == 255  # today convert("RGB") gives all 255
+
+
+def test_exif_orientation_is_the_same_frame_from_ingest_to_prediction(tmp_path):
+    image = Image.fromarray(np.full((30, 60, 3), 90, np.uint8))  # stored 60 wide x 30 high
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display: 30 wide x 60 high
+    image.save(tmp_path / "a.jpg", exif=exif)
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2\na.jpg,2,40,20,55\n")  # only fits the displayed frame
+    result = read("csv", tmp_path)
+    assert len(result.records) == 1
+    rec = result.records.iloc[0]
+    assert (rec.image_width, rec.image_height) == (30, 60) == load_rgb(tmp_path / "a.jpg").size
+
+
+def test_palette_masks_are_read_by_index(tmp_path):
+    m = np.zeros((30, 40), np.uint8)
+    m[5:15, 10:22] = 1  # class index 1, whose palette colour is dark
+    pal = Image.fromarray(m, mode="P")
+    pal.putpalette([0, 0, 0, 40, 40, 40] + [0] * 762)
+    img(tmp_path / "images" / "a.png")
+    (tmp_path / "masks").mkdir()
+    pal.save(tmp_path / "masks" / "a.png")
+    result = read("masks", tmp_path)
+    assert len(result.records) == 1
+    r = result.records.iloc[0]
+    assert (r.x1, r.y1, r.x2, r.y2) == (10.0, 5.0, 22.0, 15.0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (600, 2), (2, 600)])
+def test_degenerate_images_are_quarantined_at_ingest(tmp_path, size):
+    img(tmp_path / "a.png", *size)
+    img(tmp_path / "ok.png")
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2\na.png,0,0,1,1\nok.png,2,2,12,12\n")
+    result = read("csv", tmp_path)
+    assert_accounted(result, 2)
+    assert len(result.records) == 1 and "degenerate image" in reasons(result, "image_path")[0]
+
+
+def test_roboflow_coco_export_keeps_every_row_and_its_folder_split(tmp_path):
+    for split in ("train", "valid", "test"):
+        img(tmp_path / split / f"{split}.jpg")
+        images = [{"id": 0, "file_name": f"{split}.jpg"}]
+        coco(tmp_path / split / "_annotations.coco.json", images, [ann(0, image_id=0), ann(1, image_id=0)])
+    result = read("coco", tmp_path)
+    assert_accounted(result, 6)
+    assert len(result.records) == 6
+    assert sorted(result.records["split"]) == ["test", "test", "train", "train", "val", "val"]
+
+
+# ---------------------------------------------------------------------------------------- dataset root
+
+
+def test_paths_outside_the_root_are_quarantined_without_opening(tmp_path):
+    root = tmp_path / "ds"
+    secret = img(tmp_path / "outside.jpg")
+    img(root / "a.jpg")
+    os.symlink(secret, root / "link.jpg")
+    (root / "b.csv").write_text(
+        "image,x1,y1,x2,y2\n../outside.jpg,2,2,12,12\n"
+        f"{secret},2,2,12,12\nlink.jpg,2,2,12,12\na.jpg,2,2,12,12\n"
+    )
+    result = read("csv", root)
+    assert_accounted(result, 4)
+    assert list(result.records["image_path"]) == [str((root / "a.jpg").resolve())]
+    assert all("outside the dataset root" in r for r in reasons(result))
+    assert str(secret) not in json.dumps(result.manifest["source_hashes"])  # never opened and hashed
+
+
+def test_a_symlink_listed_by_a_folder_reader_is_contained_too(tmp_path):
+    from test_data_readers import mask
+
+    secret = img(tmp_path / "outside.png")
+    root = tmp_path / "ds"
+    img(root / "images" / "a.png")
+    mask(root / "masks" / "a.png", (3, 4, 20, 25))
+    mask(root / "masks" / "b.png", (3, 4, 20, 25))
+    os.symlink(secret, root / "images" / "b.png")
+    result = read("masks", root)
+    assert_accounted(result, 2)
+    assert len(result.records) == 1 and "outside the dataset root" in reasons(result, "image_path")[0]
+
+
+# ------------------------------------------------------------------------------------------------ fuzz
+
+_CELL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='"\r\n\x00'), max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_CELL, min_size=0, max_size=7), max_size=8))
+def test_fuzz_csv_every_row_accounted_and_no_exception(tmp_path_factory, rows):
+    root = tmp_path_factory.mktemp("fuzz-csv")
+    img(root / "a.jpg")
+    lines = ["image,x1,y1,x2,y2,label", "a.jpg,2,2,12,12,ok", *(",".join(r) for r in rows)]
+    (root / "b.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = read("csv", root)
+    # a row is a line with any non-blank cell (",,," is a blank line)
+    assert_accounted(result, sum(1 for cells in csv.reader(lines[1:]) if any(c.strip() for c in cells)))
+
+
+_JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+_OBJECT = st.fixed_dictionaries(
+    {},
+    optional={
+        "image": st.sampled_from(["a.jpg", "../a.jpg", "/etc/passwd", "missing/a.jpg"]) | _JSON_VALUE,
+        "bbox": st.sampled_from([[2, 2, 12, 12], [12, 12, 2, 2]]) | _JSON_VALUE,
+        "query": _JSON_VALUE,
+        "label": _JSON_VALUE,
+        "split": st.sampled_from(["train", "val", "nope"]) | _JSON_VALUE,
+        "id": _JSON_VALUE,
+        "conversations": _JSON_VALUE,
+    },
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(objects=st.lists(_OBJECT | _JSON_VALUE, max_size=6))
+def test_fuzz_jsonl_every_line_accounted_and_no_exception(tmp_path_factory, objects):
+    root = tmp_path_factory.mktemp("fuzz-jsonl")
+    img(root / "a.jpg")
+    lines = [json.dumps(o, allow_nan=True) for o in objects]
+    (root / "d.jsonl").write_text("\n".join(lines) + "\n")
+    result = read("jsonl", root)
+    assert_accounted(result, len(lines))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    images=st.lists(
+        st.fixed_dictionaries({"id": _JSON_VALUE, "file_name": st.just("a.jpg") | _JSON_VALUE}), max_size=3
+    ),
+    anns=st.lists(
+        st.fixed_dictionaries(
+            {"image_id": st.integers(0, 2) | _JSON_VALUE},
+            optional={"id": _JSON_VALUE, "category_id": st.just(1) | _JSON_VALUE, "bbox": _JSON_VALUE},
+        )
+        | _JSON_VALUE,
+        max_size=5,
+    ),
+)
+def test_fuzz_coco_every_annotation_accounted_and_no_exception(tmp_path_factory, images, anns):
+    root = tmp_path_factory.mktemp("fuzz-coco")
+    img(root / "images" / "a.jpg")
+    coco(root / "c.json", images, anns)
+    result = read("coco", root)
+    c = result.manifest["counts"]
+    assert c["source_rows_in_records"] + c["quarantined"] == c["input_rows"]
+    assert c["input_rows"] >= len(anns)
