@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from medloc_core import prompts
+from medloc_core.checkpoints import CURRICULUM_STATE_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ MetricsSink = Callable[[dict[str, float], int], None]
 SCHEDULES = ("medloc", "fixed", "raw_iou", "vtriune")
 ADAPTERS = ("full", "lora", "mlae")
 TINY_ALIASES = {"tiny": "tiny", "tiny-small": "small", "tiny-grounder": "grounder"}
-CURRICULUM_STATE_NAME = "curriculum_state.json"
 HISTORY_NAME = "history.jsonl"
 SFT_DONE_NAME = "medloc_sft.json"
 MEDGRPO_STATS_NAME = "medgrpo_stats.json"
@@ -621,12 +621,16 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
             self.metrics_sink(metrics, step)
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero:
+            self.write_state(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+    def write_state(self, ckpt: Path, global_step: int) -> None:
+        """Write ``curriculum_state.json`` (the last file of a checkpoint) atomically."""
         ckpt.mkdir(parents=True, exist_ok=True)
-        payload = {"global_step": state.global_step, "schedule": self.schedule.state_dict()}
-        (ckpt / CURRICULUM_STATE_NAME).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        payload = {"global_step": global_step, "schedule": self.schedule.state_dict()}
+        tmp = ckpt / (CURRICULUM_STATE_NAME + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(ckpt / CURRICULUM_STATE_NAME)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -640,6 +644,28 @@ def _trainer_class():
 
         medloc_adapter: str = "full"
         medloc_base_model: str | None = None
+        medloc_callback: Any = None
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            # Trainer rotates old checkpoints inside _save_checkpoint, before the callbacks' on_save writes the
+            # curriculum state, so with save_total_limit a crash right then left only an incomplete checkpoint.
+            # Save without rotating, complete the checkpoint, then rotate only if it is loadable.
+            from medloc_core import checkpoints
+
+            keep = self.args.save_total_limit
+            self.args.save_total_limit = None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = keep
+            if not self.args.should_save:
+                return
+            run_dir = Path(self._get_output_dir(trial=trial))
+            if self.medloc_callback is not None:
+                self.medloc_callback.write_state(
+                    run_dir / f"checkpoint-{self.state.global_step}", self.state.global_step
+                )
+            checkpoints.rotate(run_dir, keep)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             if self.medloc_adapter != "mlae":
@@ -928,24 +954,11 @@ def configure_threads(config: TrainingConfig, model: Any) -> int:
 
 
 def latest_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest *complete* ``checkpoint-N`` folder, or None.
+    """The newest checkpoint that can really be resumed from (``checkpoints.latest_loadable_checkpoint``):
+    damaged or cut-off newer ones are set aside with a warning."""
+    from medloc_core.checkpoints import latest_loadable_checkpoint
 
-    ``curriculum_state.json`` is written by ``CurriculumCallback.on_save``, which the Trainer calls after it has
-    written the weights, optimizer and trainer state; a folder without it was cut off by a crash mid-save and is
-    skipped (resuming from it would fail or lose the curriculum state).
-    """
-    if not output_dir.is_dir():
-        return None
-    found = []
-    for path in output_dir.iterdir():
-        name = path.name
-        if path.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-") :].isdigit():
-            found.append((int(name[len("checkpoint-") :]), path))
-    for _, path in sorted(found, reverse=True):
-        if (path / CURRICULUM_STATE_NAME).is_file():
-            return str(path)
-        logger.warning("skipping incomplete checkpoint %s (no %s)", path, CURRICULUM_STATE_NAME)
-    return None
+    return latest_loadable_checkpoint(output_dir)
 
 
 def sft_stop_iou(config: TrainingConfig) -> float:
@@ -1277,6 +1290,7 @@ def prepare_training(
         trainer.remove_callback(PrinterCallback)
     trainer.medloc_adapter = config.adapter
     trainer.medloc_base_model = model_path
+    trainer.medloc_callback = callback
     return TrainingSession(
         trainer=trainer,
         config=config,

@@ -499,18 +499,24 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     assert result["final_threshold"] > thresholds[-1] - 1e-9
 
 
-def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path) -> None:
-    from medloc_core.training import CURRICULUM_STATE_NAME, latest_complete_checkpoint
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data, tmp_path) -> None:
+    """Two real checkpoints (save_total_limit 2); the newest one's optimizer state is truncated. Re-running
+    resumes from the older one with a warning (today: a crash on every re-run) and finishes all steps."""
+    from medloc_core.training import prepare_training, train
 
-    assert latest_complete_checkpoint(tmp_path / "missing") is None
-    for step, complete in ((2, True), (10, True), (12, False)):
-        ckpt = tmp_path / f"checkpoint-{step}"
-        ckpt.mkdir()
-        (ckpt / "model.safetensors").write_bytes(b"")
-        if complete:
-            (ckpt / CURRICULUM_STATE_NAME).write_text("{}")
-    (tmp_path / "checkpoint-x").mkdir()
-    # checkpoint-10 beats checkpoint-2 numerically (not by string order); checkpoint-12 is incomplete.
-    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
-    (tmp_path / "checkpoint-10" / CURRICULUM_STATE_NAME).unlink()
-    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    out = tmp_path / "run"
+    cfg = _cfg(model_name_or_path=str(sft_run["sft"]), max_steps=6, save_steps=2, save_total_limit=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cfg, out, callbacks=[_CrashAt(5).callback])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    optimizer = out / "checkpoint-4" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+
+    session = prepare_training(data, cfg, out, metrics_sink=lambda m, s: None)
+    assert session.resume_checkpoint == str(out / "checkpoint-2")
+    assert (out / "damaged-checkpoint-4").is_dir() and not (out / "checkpoint-4").exists()
+    result = session.run()
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6] and result.steps == 6
+    # rotation kept the two newest complete checkpoints
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
