@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,7 +78,7 @@ def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | Non
         value = float(metrics[metric])
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None  # NaN or ±inf is a broken evaluation, never a winner
 
 
 def decide_promotion(
@@ -104,7 +106,9 @@ def decide_promotion(
     reasons: list[str] = []
     cand = _metric_value(candidate, metric)
     if cand is None:
-        return PromotionDecision(False, [f"candidate has no value for {metric}"])
+        raw = (candidate or {}).get(metric)
+        what = f"a non-finite value ({raw})" if raw is not None else "no value"
+        return PromotionDecision(False, [f"candidate has {what} for {metric}"])
     if require_beats_base:
         base_value = _metric_value(base, metric)
         if base_value is None:
@@ -447,6 +451,40 @@ def _record_decision(client: Any, version: int, decision: PromotionDecision, *, 
         mlflow.log_text(text, f"promotion/version_{version}.txt")
 
 
+@contextlib.contextmanager
+def promotion_lock(timeout_s: float = 300.0):
+    """Serialise read-decide-move across processes: an exclusive ``flock`` on a file next to the local
+    tracking store (``sqlite:///x.db`` -> ``x.db.promotion.lock``; a file store -> ``<dir>/.promotion.lock``);
+    for a remote server, a per-server file under ``~/.cache/medloc`` (serialises promotions on one host; across
+    hosts the re-check after moving in :func:`promote_if_better` is what keeps the better model)."""
+    import fcntl
+    import hashlib
+
+    uri = mlflow.get_registry_uri() or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :] + ".promotion.lock")
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://").removeprefix("file:")) / ".promotion.lock"
+    else:
+        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        path = Path(os.path.expanduser("~/.cache/medloc")) / f"promotion-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another promotion holds {path} for over {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def promote_if_better(
     version: int | str,
     *,
@@ -460,16 +498,71 @@ def promote_if_better(
 ) -> PromotionDecision:
     """Promote model ``version`` to alias ``champion`` if :func:`decide_promotion` says so.
 
-    The candidate's metrics, base-model metrics and evaluation-set hash come from its version tags (written by
-    :func:`log_and_register`). The champion's metrics are trusted only when its evaluation-set hash equals the
-    candidate's; otherwise ``reevaluate(champion_model_version) -> metrics`` is called when given (it must
-    evaluate the champion on the candidate's set), else the candidate is refused with that reason.
-    ``base_metrics`` (the base model on the same set) replaces the ``base/`` tags stored at registration and is
-    then stored on the version too. ``force`` promotes regardless (the reasons say what the gate would have
-    decided). The decision is stored as
-    version tags ``medloc.promotion.decision`` / ``medloc.promotion.reasons`` and, in an active run, as the text
-    artifact ``promotion/version_<N>.txt``.
+    Read (champion), decide and move (alias) run as one operation under :func:`promotion_lock`, so two
+    promotions at once cannot both decide against the same old champion. After moving, the champion alias is
+    read again: if another process moved it meanwhile (a writer the lock cannot see), the two are compared with
+    the same gate and the better one is put back (at most a few rounds). The candidate's metrics, base-model
+    metrics and evaluation-set hash come from its version tags (written by :func:`log_and_register`). The
+    champion's metrics are trusted only when its evaluation-set hash equals the candidate's; otherwise
+    ``reevaluate(champion_model_version) -> metrics`` is called when given (it must evaluate the champion on
+    the candidate's set), else the candidate is refused with that reason. ``base_metrics`` (the base model on
+    the same set) replaces the ``base/`` tags stored at registration and is then stored on the version too.
+    ``force`` promotes regardless (the reasons say what the gate would have decided). The decision is stored
+    as version tags ``medloc.promotion.decision`` / ``medloc.promotion.reasons`` and, in an active run, as the
+    text artifact ``promotion/version_<N>.txt``.
     """
+    client = _client(client)
+    with promotion_lock():
+        decision = _promote_locked(
+            version,
+            margin=margin,
+            metric=metric,
+            client=client,
+            require_beats_base=require_beats_base,
+            force=force,
+            reevaluate=reevaluate,
+            base_metrics=base_metrics,
+        )
+        if decision.promote and not force:
+            _recheck_after_move(int(version), client, metric=metric, margin=margin)
+    return decision
+
+
+def _recheck_after_move(version: int, client: Any, *, metric: str, margin: float, rounds: int = 3) -> None:
+    """If the champion alias no longer points at ``version`` (moved by a process outside our lock), keep
+    whichever of the two the gate prefers."""
+    for _ in range(rounds):
+        time.sleep(0.2)
+        current = get_alias_version(CHAMPION, client=client)
+        if current is None or int(current.version) == version:
+            return
+        mine, _, my_hash = version_metrics(client.get_model_version(MODEL_NAME, str(version)))
+        theirs, _, their_hash = version_metrics(current)
+        if my_hash != their_hash:
+            return  # not comparable here; the other promotion's own gate decided
+        gate = decide_promotion(mine, theirs, None, metric=metric, margin=margin, require_beats_base=False)
+        if not gate.promote:
+            return
+        logger.warning(
+            "champion moved to version %s during the promotion of version %d, which is better: moving it back",
+            current.version,
+            version,
+        )
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+
+
+def _promote_locked(
+    version: int | str,
+    *,
+    margin: float,
+    metric: str,
+    client: Any,
+    require_beats_base: bool,
+    force: bool,
+    reevaluate: Callable[[Any], Mapping[str, Any]] | None,
+    base_metrics: Mapping[str, Any] | None,
+) -> PromotionDecision:
+    """Read the champion, decide and move the alias (the caller holds :func:`promotion_lock`)."""
     client = _client(client)
     version = int(version)
     candidate = client.get_model_version(MODEL_NAME, str(version))

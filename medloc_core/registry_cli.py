@@ -58,7 +58,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     for reason in decision.reasons:
         print(f"  - {reason}")
     print(registry.decision_json(decision))
-    return 0
+    return 0 if decision.promote else 1  # a rejected promotion is not a success (scripts and CI can tell)
 
 
 # ------------------------------------------------------------------------------------------- predict

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,7 @@ except ModuleNotFoundError:  # tests/ as a package
     )
 
 M = "eval/A@0.5"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def m(value: float | None, **extra: float) -> dict:
@@ -53,7 +56,11 @@ DECISIONS = [
     (m(20), None, m(20), 0.0, True, False, "does not beat the base model"),  # tie with base
     (m(10), None, m(20), 0.0, False, True, "there is no current champion"),  # base check off
     (m(None), None, m(20), 0.0, True, False, "candidate has no value"),
-    (m(float("nan")), None, m(20), 0.0, True, False, "candidate has no value"),
+    (m(float("nan")), None, m(20), 0.0, True, False, "candidate has a non-finite value (nan)"),
+    (m(float("inf")), m(90), m(20), 0.0, True, False, "candidate has a non-finite value (inf)"),
+    (m(float("-inf")), None, m(20), 0.0, False, False, "non-finite"),
+    (m(60), m(float("nan")), m(20), 0.0, True, False, "champion has no value"),
+    (m(60), None, m(float("inf")), 0.0, True, False, "base model has no value"),
     (m(60), m(50), m(20), 0.0, True, True, "beats the champion (50) by 10 > margin 0"),
     (m(60), m(60), m(20), 0.0, True, False, "does not beat the champion"),  # tie with champion
     (m(60), m(59.5), m(20), 1.0, True, False, "by more than margin 1"),  # below margin
@@ -214,7 +221,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     d = registry.promote_if_better(v4, client=client, base_metrics=base)  # given now (and stored)
     assert not d.promote and "does not beat the base model" in d.reasons[-1]
     assert client.get_model_version(registry.MODEL_NAME, "4").tags["base/eval/A_at_0.5"] == "20.0"
-    assert cli.main(["promote", "--version", str(v4)]) == 0
+    assert cli.main(["promote", "--version", str(v4)]) == 1  # the gate rejected it: not a success
     assert _aliases(client) == {"challenger": 4, "champion": 3}
     assert cli.main(["promote", "--version", str(v4), "--force"]) == 0
     assert _aliases(client) == {"challenger": 4, "champion": 4}
@@ -358,3 +365,54 @@ def test_no_champion_is_a_one_line_message(server_env, answering_model_dir, tmp_
     argv[2] = "models:/medloc-grounder@challenger"
     assert cli.main([*argv, "--max-new-tokens", "40"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["box"] is not None
+
+
+_RACER = """
+import sys, time
+from medloc_core import registry
+start, version = float(sys.argv[1]), sys.argv[2]
+time.sleep(max(0.0, start - time.time()))
+print(registry.promote_if_better(version).promote)
+"""
+
+
+@pytest.mark.slow
+def test_two_promotions_at_once_always_leave_the_better_champion(server_env, tmp_path):
+    """Two processes promote a worse and a better candidate at the same instant, 6 times over (both orders of
+    start): the better one is always the champion afterwards."""
+    import subprocess
+    import sys
+    import time
+
+    client = server_env
+    client.create_registered_model(registry.MODEL_NAME)
+
+    def version(score: float) -> str:
+        mv = client.create_model_version(registry.MODEL_NAME, source="s3://medloc-race/model", run_id=None)
+        tags = {registry.TAG_EVAL_SET_HASH: "race", **registry.metrics_to_tags(m(score))}
+        tags.update(registry.metrics_to_tags(m(10.0), registry.BASE_PREFIX))
+        for key, value in tags.items():
+            client.set_model_version_tag(registry.MODEL_NAME, mv.version, key, value)
+        return mv.version
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = tmp_path / "racer.py"
+    script.write_text(_RACER)
+    for round_ in range(6):
+        old, worse, better = version(50.0), version(70.0), version(80.0 + round_)
+        client.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, old)
+        start = time.time() + 2.0
+        order = (worse, better) if round_ % 2 == 0 else (better, worse)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(start), v],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for v in order
+        ]
+        outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert all(p.returncode == 0 for p in procs), outputs
+        assert _aliases(client)["champion"] == int(better), (round_, order, outputs)
