@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Qwen2.5-VL's smart_resize refuses aspect ratios over 200 (preprocessing would fail for the whole dataset); a
 # side of a few pixels holds no finding. Such images are quarantined at ingest.
@@ -85,5 +85,8 @@ def load_rgb(source: str | os.PathLike | bytes, *, max_pixels: int | None = None
                 return to_rgb(image)
         except ImageError:
             raise
-        except Exception as exc:  # Pillow raises many types for non-image or corrupt data
-            raise ImageError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name} is not a readable image (not an image format Pillow knows)") from None
+        except Exception as exc:  # Pillow raises many types for corrupt data
+            detail = " ".join(str(exc).split())[:120]
+            raise ImageError(f"{name} is not a readable image ({type(exc).__name__}: {detail})") from None

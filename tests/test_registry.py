@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,18 +113,42 @@ def test_metric_tags_round_trip():
     assert registry.tags_to_metrics(base_tags) == {}
 
 
-def test_load_image_from_path_base64_and_data_uri(tmp_path):
+def test_load_image_takes_bytes_or_base64_never_a_path(tmp_path):
     img = random_image(20, 30)
     path = tmp_path / "x.png"
     img.save(path)
     b64 = registry.encode_image(img)
-    for value in (str(path), b64, "data:image/png;base64," + b64, img.tobytes() and path.read_bytes()):
+    for value in (b64, "data:image/png;base64," + b64, path.read_bytes()):
         out = registry.load_image(value)
         assert out.size == (30, 20)
         assert np.array_equal(np.asarray(out), np.asarray(img))
-    with pytest.raises(ValueError, match="row 3: column 'image' is neither an existing file nor base64"):
-        registry.load_image("/no/such/file.png", row=3)
-    with pytest.raises(ValueError, match="not an image"):
+    for value, fragment in (
+        (str(path), "must be base64-encoded image bytes (file paths are not accepted)"),
+        ("/etc/passwd", "file paths are not accepted"),
+        (registry.base64.b64encode(b"not an image").decode(), "not a readable image"),
+        ("", "is empty"),
+        (12, "must be base64 text or bytes"),
+    ):
+        with pytest.raises(registry.BadRequest, match=re.escape(fragment)) as err:
+            registry.load_image(value, row=3)
+        assert err.value.get_http_status_code() == 400 and "\n" not in err.value.message
+        assert err.value.message.startswith("row 3: ")
+
+
+def test_oversized_images_are_refused_before_decoding(monkeypatch):
+    from medloc_core import images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(registry.BadRequest, match="over the limit of 100"):
+        registry.load_image(registry.encode_image(random_image(20, 30)))
+
+
+def test_bad_request_keeps_its_one_line_message_when_mlflow_rewrites_it():
+    err = registry.BadRequest("row 0: column 'query' is empty")
+    err.message = "Failed to predict data '<a dump of the whole input>'. \nError: " + err.message
+    assert err.message == "row 0: column 'query' is empty"
+    assert json.loads(err.serialize_as_json())["message"] == "row 0: column 'query' is empty"
+    with pytest.raises(ValueError, match="not a readable image"):  # BadRequest is a ValueError too
         registry.load_image("aGVsbG8=")
 
 
@@ -242,7 +267,12 @@ def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_
     images = [random_image(100, 150, seed=1), random_image(300, 200, seed=2)]
     path = tmp_path / "a.png"
     images[0].save(path)
-    df = pd.DataFrame({"image": [str(path), registry.encode_image(images[1])], "query": [QUERY, QUERY]})
+    df = pd.DataFrame(
+        {
+            "image": [registry.encode_image(images[0]), registry.encode_image(images[1])],
+            "query": [QUERY, QUERY],
+        }
+    )
     model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHALLENGER}")
     assert model.metadata.get_model_info().signature is not None
     out = model.predict(df, params={"max_new_tokens": 40})
