@@ -446,3 +446,24 @@ def test_two_promotions_at_once_always_leave_the_better_champion(server_env, tmp
         outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
         assert all(p.returncode == 0 for p in procs), outputs
         assert _aliases(client)["champion"] == int(better), (round_, order, outputs)
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "oversized"])
+def test_predict_gives_one_line_errors_for_bad_image_files(case, tmp_path, capsys, monkeypatch):
+    from medloc_core import cli, registry_cli
+
+    image = tmp_path / "x.png"
+    if case == "not an image":
+        image.write_text("hello")
+    elif case == "oversized":
+        random_image(40, 50).save(image)
+        monkeypatch.setattr(registry_cli, "MAX_IMAGE_PIXELS", 1000)
+    code = cli.main(["predict", "--model", str(tmp_path / "no-model"), "--image", str(image), "--query", "q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    fragment = {
+        "missing": "does not exist",
+        "not an image": "not a readable image",
+        "oversized": "over the limit",
+    }
+    assert err.startswith("medloc predict: ") and fragment[case] in err

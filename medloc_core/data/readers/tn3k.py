@@ -47,7 +47,13 @@ def _fold_splits(scan: Scan, root: Path, fold: int, n_trainval: int) -> dict[int
         return {}
     splits: dict[int, str] = {}
     for split in ("train", "val"):
-        for position, value in enumerate(data.get(split, []), start=1):
+        values = data.get(split) or []
+        if not isinstance(values, list):
+            scan.quarantine_item(
+                path, 0, split, f"fold {split!r} must be a list of indices, got {values!r:.60}"
+            )
+            continue
+        for position, value in enumerate(values, start=1):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_trainval:
                 reason = f"fold index {value!r} is not an index into the {n_trainval} trainval images"
                 scan.quarantine_item(path, position, split, reason)

@@ -60,7 +60,7 @@ def read_voc(
                 scan.quarantine_item(path, k, "name", f"unknown label {name!r}; allowed {labels}")
                 continue
             if image_path is None:
-                scan.quarantine_item(path, k, "filename", f"image file {filename!r} not found under {base}")
+                scan.quarantine_item(path, k, "filename", finder.why_not(filename))
                 continue
             bndbox = obj.find("bndbox")
             try:
