@@ -110,7 +110,10 @@ def _read_csv_file(
     out = []
     for row in reader:
         line = reader.line_num
-        if not row or all(not c.strip() for c in row):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # a blank line is not a row
+        if all(not c.strip() for c in row):
+            scan.quarantine_item(path, line, "row", "row has no values (only delimiters)")
             continue
         if len(row) != len(header):
             scan.quarantine_item(

@@ -77,7 +77,10 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
     referenced: set[str] = set()
     for row in reader:
         line = reader.line_num
-        if not row or all(not c.strip() for c in row):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # a blank line is not a row
+        if all(not c.strip() for c in row):
+            scan.quarantine_item(metadata, line, "row", "row has no values (only delimiters)")
             continue
         if len(row) != len(header):
             if col["image_id"] < len(row):  # its image is accounted for by this quarantined row

@@ -39,7 +39,7 @@ def read_voc(
     for path in files:
         try:
             tree = ET.parse(path)
-        except ET.ParseError as exc:
+        except (ET.ParseError, ValueError, LookupError) as exc:  # LookupError: unknown encoding declared
             scan.quarantine_file(path, "xml", f"malformed XML: {exc}", path.read_bytes().count(b"<object"))
             continue
         node = tree.getroot()
