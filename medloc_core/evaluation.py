@@ -285,8 +285,8 @@ def evaluate_model(
     prepared_df: pd.DataFrame,
     split: str | None = "test",
     *,
-    max_new_tokens: int = 64,
-    batch_size: int = 4,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
     device: str = "cpu",
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
@@ -320,6 +320,11 @@ def evaluate_model(
         raise ValueError(f"no rows to evaluate (split={split!r}, {len(prepared_df)} rows in total)")
     df = df.reset_index(drop=True)
 
+    from medloc_core.config import EvaluationConfig
+
+    defaults = EvaluationConfig()  # one home for the evaluation defaults
+    max_new_tokens = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+    batch_size = defaults.batch_size if batch_size is None else batch_size
     if predictor is None:
         predictor = BoxPredictor(model_dir_or_name, device=device, max_new_tokens=max_new_tokens)
     prompts = _prompt_texts(df)

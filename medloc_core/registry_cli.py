@@ -13,7 +13,10 @@ import math
 import sys
 from pathlib import Path
 
+from medloc_core.config import EvaluationConfig
 from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
+
+_EVAL = EvaluationConfig()  # the evaluation defaults have one home: medloc_core.config
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +237,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dataset whose query template to use when --query is omitted (default: ham10000)",
     )
     p.add_argument("--save-image", help="write the image with the predicted box drawn (red) to this PNG")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=_EVAL.max_new_tokens)
     p.add_argument(
         "--answer-style",
         choices=["think", "answer"],
@@ -252,9 +255,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="prepared records (.parquet or .csv)")
     p.add_argument("--split", default="test", help="split to evaluate, or 'all'")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--max-new-tokens", type=int, default=_EVAL.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=_EVAL.batch_size)
+    p.add_argument(
+        "--n-boot", type=int, default=_EVAL.n_boot, help="bootstrap resamples for the CIs (0: none)"
+    )
     p.add_argument("--output", help="write per-query predictions to this CSV")
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.set_defaults(func=_cmd_evaluate)

@@ -15,6 +15,7 @@ import yaml
 from zenml import pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
+from medloc_core.config import validate_parameters
 from medloc_core.tracking import export_medloc_home
 from steps.evaluate import evaluate_model
 from steps.ingest import ingest_data
@@ -49,6 +50,14 @@ def medloc_training(
     training = embedded["training"] if training is None else training
     evaluation = embedded["evaluation"] if evaluation is None else evaluation
     registration = embedded["registration"] if registration is None else registration
+    # Every key and value is checked here, while ZenML composes the run: a typo fails before any step starts.
+    validate_parameters(
+        data=data,
+        preprocessing=preprocessing,
+        training=training,
+        evaluation=evaluation,
+        registration=registration,
+    )
     records, quarantine, ingest_report = ingest_data(config=data)
     prepared, manifest = preprocess_data(records=records, ingest_report=ingest_report, config=preprocessing)
     model_dir, base_model, training_summary = train_model(

@@ -21,17 +21,13 @@ def evaluate_model(
     """Evaluate on the held-out split; log metrics, predictions and a grid of boxes drawn on test images."""
     import mlflow
 
+    from medloc_core.config import EvaluationConfig
     from medloc_core.evaluation import eval_set_hash, log_prediction_grid, mlflow_metrics, paired_gain
     from medloc_core.evaluation import evaluate_model as evaluate
 
-    config = dict(config or {})
-    split = config.get("split", "test")
-    options = {
-        "split": split,
-        "max_new_tokens": int(config.get("max_new_tokens", 64)),
-        "batch_size": int(config.get("batch_size", 8)),
-        "n_boot": int(config.get("n_boot", 1000)),
-    }
+    settings = EvaluationConfig.model_validate(config or {})
+    split = settings.split
+    options = settings.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})
     folder = run_folder("evaluation")
     with step_mlflow_run():
         metrics, predictions = evaluate(str(model_dir), prepared, **options)
@@ -43,7 +39,7 @@ def evaluate_model(
         mlflow.log_artifact(str(folder / "test_predictions.png"), artifact_path="plots")
 
         base_metrics: dict = {}
-        if config.get("evaluate_base", True):
+        if settings.evaluate_base:
             base_metrics, base_predictions = evaluate(base_model, prepared, **options)
             mlflow.log_metrics(
                 mlflow_metrics({k.replace("eval/", "eval_base/", 1): v for k, v in base_metrics.items()})

@@ -32,12 +32,15 @@ def ingest_data(
     """Read each configured source with its real-format reader; bad rows go to the quarantine table."""
     import mlflow
 
+    from medloc_core.config import DataConfig
     from medloc_core.data.sources import ingest_sources
 
-    config = dict(config or {})
+    settings = DataConfig.model_validate(config or {})
+    sources = (
+        [s.model_dump(exclude_none=True) for s in settings.sources] if settings.sources else DEFAULT_SOURCES
+    )
     records, quarantine, report = ingest_sources(
-        config.get("sources") or DEFAULT_SOURCES,
-        max_quarantine_fraction=float(config.get("max_quarantine_fraction", 0.2)),
+        sources, max_quarantine_fraction=settings.max_quarantine_fraction
     )
     with step_mlflow_run():
         mlflow.log_metrics(

@@ -29,14 +29,15 @@ def register_model(
     import mlflow
 
     from medloc_core import registry
+    from medloc_core.config import RegistrationConfig
 
-    config = dict(config or {})
+    settings = RegistrationConfig.model_validate(config or {})
     folder = run_folder("registration")
     with step_mlflow_run() as run:
         quarantine.to_csv(folder / "quarantine.csv", index=False)
         mlflow.log_artifact(str(folder / "quarantine.csv"), artifact_path="data")
         mlflow.log_dict(manifest, "data/manifest.json")
-        if not config.get("register", True):
+        if not settings.register_model:
             return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
         blockers = registry.registration_blockers(metrics, training_summary.get("history_tail", []))
         if blockers:
@@ -46,7 +47,7 @@ def register_model(
             return {"registered": False, "promoted": False, "reasons": blockers}
         # Serve with the prompt the model was trained and evaluated with (the preprocessing's answer style).
         options = manifest.get("options", manifest)
-        answer_style = config.get("answer_style") or options.get("answer_style") or "think"
+        answer_style = options.get("answer_style") or "think"
         version = registry.log_and_register(
             model_dir,
             metrics,
@@ -57,9 +58,9 @@ def register_model(
         )
         decision = registry.promote_if_better(
             version,
-            margin=float(config.get("margin", 0.0)),
-            metric=config.get("metric", "eval/A@0.5"),
-            require_beats_base=bool(config.get("require_beats_base", True)),
+            margin=settings.margin,
+            metric=settings.metric,
+            require_beats_base=settings.require_beats_base,
             base_metrics=base_metrics or None,
         )
     result = {

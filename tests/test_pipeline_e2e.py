@@ -119,3 +119,41 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert int(version.version) == 1
     assert version.tags["medloc.run_id"] == run.info.run_id
     assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "block,key,value,named",
+    [
+        ("training", "curriculum", {"tau_0": 0.3}, "training.curriculum.tau_0"),
+        ("evaluation", "batchsize", 4, "evaluation.batchsize"),
+        ("registration", "margin", "a lot", "registration.margin"),
+        ("preprocessing", "answer_stile", "answer", "preprocessing.answer_stile"),
+    ],
+)
+def test_a_config_typo_fails_before_any_step_runs(tmp_path: Path, block, key, value, named) -> None:
+    """`zenml pipeline run medloc_training -c <config with a typo>` fails in seconds, naming the key."""
+    import time
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "medloc_training_local.yaml").read_text())
+    section = config["parameters"][block]
+    if isinstance(value, dict):
+        section[key] = {**(section.get(key) or {}), **value}
+    else:
+        section[key] = value
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    zenml = Path(sys.executable).with_name("zenml")
+    start = time.monotonic()
+    result = subprocess.run(
+        [str(zenml), "pipeline", "run", "medloc_training", "-c", str(path)],
+        cwd=REPO, env=env_for(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert named in output, output[-3000:]
+    assert "has started" not in output and "ingest_data" not in output, output[-3000:]  # no step ran
+    assert seconds < 120, seconds
