@@ -17,15 +17,25 @@ export ZENML_DISABLE_INTERACTIVE_INPUT ?= true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast lint format bench clean
+.PHONY: setup run test test-fast lint format bench clean lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs exactly requirements.lock (every transitive version), then this package without resolving again.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Re-resolve pyproject.toml's .[dev] in a throw-away venv and write requirements.lock (after changing a pin).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -U pip && .lock-venv/bin/pip install -q -e '.[dev]'
+	{ head -n 3 requirements.lock; .lock-venv/bin/pip freeze --exclude-editable \
+	  | sed -E 's/^(torch==[0-9.]+)\+.*/\1/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 .zen:
 	$(BIN)/zenml init >/dev/null

@@ -103,6 +103,14 @@ def _preprocessing_model() -> type[BaseModel]:
     return create_model("PreprocessingConfig", __base__=_Strict, **fields)
 
 
+def preprocessing_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``preprocessing:`` block validated and completed with ``preprocess``'s defaults, as its kwargs."""
+    settings = _check("preprocessing", _preprocessing_model(), value).model_dump()
+    if settings.get("split_fractions") is not None:
+        settings["split_fractions"] = tuple(settings["split_fractions"])
+    return settings
+
+
 def _errors(block: str, exc: ValidationError) -> ConfigError:
     lines = []
     for err in exc.errors():

@@ -30,6 +30,7 @@ def evaluate_model(
     options = settings.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})
     folder = run_folder("evaluation")
     with step_mlflow_run():
+        mlflow.log_params({f"evaluation.{k}": str(v) for k, v in settings.model_dump().items()})
         metrics, predictions = evaluate(str(model_dir), prepared, **options)
         # MLflow forbids "@" in metric names: eval/A@0.5 is logged as eval/A_at_0.5 (evaluation.mlflow_key).
         mlflow.log_metrics(mlflow_metrics(metrics))

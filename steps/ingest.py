@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated
 
@@ -43,6 +44,12 @@ def ingest_data(
         sources, max_quarantine_fraction=settings.max_quarantine_fraction
     )
     with step_mlflow_run():
+        mlflow.log_params(
+            {
+                "data.max_quarantine_fraction": str(settings.max_quarantine_fraction),
+                "data.sources": json.dumps(sources)[:6000],
+            }
+        )
         mlflow.log_metrics(
             {
                 "data/input_rows": report["input_rows"],

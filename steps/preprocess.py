@@ -19,16 +19,21 @@ def preprocess_data(
     """Split by patient/lesion group, build prompts, add input-frame boxes; return the table and a manifest."""
     import mlflow
 
+    from medloc_core.config import preprocessing_config
     from medloc_core.data.preprocess import preprocess
 
-    config = dict(config or {})
-    if "split_fractions" in config:
-        config["split_fractions"] = tuple(config["split_fractions"])
-    prepared, manifest = preprocess(records, **config)
+    settings = preprocessing_config(config)  # every field after defaults: logged as params below
+    prepared, manifest = preprocess(records, **settings)
     manifest["ingest"] = {k: ingest_report[k] for k in ("input_rows", "records", "quarantined", "hash")}
     manifest["hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
     with step_mlflow_run():
         counts = prepared["split"].value_counts().to_dict()
         mlflow.log_metrics({f"data/split/{name}": float(n) for name, n in counts.items()})
         mlflow.log_param("data.manifest_hash", manifest["hash"])
+        mlflow.log_params({f"preprocessing.{k}": json.dumps(v) for k, v in settings.items()})
+        # The datasets themselves, per split, so the run's page lists what it was trained and tested on.
+        for split, rows in prepared.groupby("split"):
+            columns = ["record_id", "dataset", "image_path", "query", "x1", "y1", "x2", "y2", "group_id"]
+            dataset = mlflow.data.from_pandas(rows[columns].reset_index(drop=True), name=f"{split}")
+            mlflow.log_input(dataset, context=str(split))
     return prepared, manifest

@@ -34,6 +34,9 @@ def register_model(
     settings = RegistrationConfig.model_validate(config or {})
     folder = run_folder("registration")
     with step_mlflow_run() as run:
+        mlflow.log_params(
+            {f"registration.{k}": str(v) for k, v in settings.model_dump(by_alias=True).items()}
+        )
         quarantine.to_csv(folder / "quarantine.csv", index=False)
         mlflow.log_artifact(str(folder / "quarantine.csv"), artifact_path="data")
         mlflow.log_dict(manifest, "data/manifest.json")

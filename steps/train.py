@@ -68,7 +68,12 @@ def train_model(
     train_config = TrainingConfig.from_dict(config)
     folder = training_folder(config, manifest)
     with step_mlflow_run() as run:
-        params = _flatten("training", config, {})
+        # The resolved config: every field after defaults (and the curriculum's), not only the keys given.
+        resolved = train_config.to_dict()
+        resolved["curriculum"] = dataclasses.asdict(train_config.curriculum_config())
+        if launch:
+            resolved["accelerate"] = dict(launch)
+        params = _flatten("training", resolved, {})
         params["data.manifest_hash"] = str(manifest.get("hash", ""))
         mlflow.log_params(params)
         if launch and int(launch.get("num_processes", 1)) > 1:

@@ -104,6 +104,18 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         assert key in run.data.metrics, key
     assert run.data.params["training.schedule"] == "medloc"
     assert run.data.params["data.manifest_hash"]
+    # the resolved config: defaults that the YAML never states are logged too
+    params = run.data.params
+    assert params["training.reward_parser"] == "vlmr1" and params["training.top_k"] == "0"
+    assert params["training.curriculum.refresh_fraction"] == "0.5"
+    assert params["evaluation.batch_size"] == "8" and params["registration.require_beats_base"] == "True"
+    assert "preprocessing.split_fractions" in params and "data.max_quarantine_fraction" in params
+    # the datasets, one input per split
+    full = client.get_run(run.info.run_id)
+    contexts = {
+        tag.value for d in full.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"
+    }
+    assert {"train", "val", "test"} <= contexts
 
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {
