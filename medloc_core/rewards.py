@@ -119,6 +119,7 @@ class StepRecord:
 
     ious: list[float] = field(default_factory=list)
     datasets: list[str | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
     parse_failures: int = 0
     completions: int = 0
     per_reward: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -161,8 +162,10 @@ class RewardTracker:
         ious: Sequence[float],
         datasets: Sequence[str | None] | None,
         parse_failures: int,
+        texts: Sequence[str] | None = None,
     ) -> None:
-        """Add one reward call's results under reward ``name``."""
+        """Add one reward call's results under reward ``name`` (``texts``: the completions, for the samples
+        table)."""
         n = len(ious)
         if datasets is not None and len(datasets) != n:
             raise ValueError(f"RewardTracker.record({name!r}): {n} IoUs but {len(datasets)} dataset names")
@@ -178,6 +181,7 @@ class RewardTracker:
             return
         self._current.ious.extend(float(v) for v in ious)
         self._current.datasets.extend(datasets if datasets is not None else [None] * n)
+        self._current.texts.extend(texts if texts is not None else [""] * n)
         self._current.parse_failures += parse_failures
         self._current.completions += n
         self.total_completions += n
@@ -305,16 +309,17 @@ def _score_ious(
     n = len(completions)
     gts = _ground_truth(kwargs, n, name)
     datasets = _datasets(kwargs, n, name, need_ds)
-    ious, failures = [], 0
+    ious, failures, texts = [], 0, []
     for c, gt in zip(completions, gts):
-        box = parse_box(completion_text(c), parser=parser)
+        texts.append(completion_text(c))
+        box = parse_box(texts[-1], parser=parser)
         if box is None:
             failures += 1
             ious.append(0.0)
         else:
             ious.append(iou(box, gt))
     if tracker is not None:
-        tracker.record(name, ious, datasets, failures)
+        tracker.record(name, ious, datasets, failures, texts)
     log_metric = kwargs.get("log_metric")
     if callable(log_metric) and n:
         log_metric("parse_failure_rate", failures / n)

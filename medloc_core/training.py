@@ -195,6 +195,7 @@ class TrainingConfig:
     save_steps: int = 50
     save_total_limit: int | None = 3
     logging_steps: int = 1
+    log_completions_every: int = 50
     answer_style: str = "think"
     format_reward: bool = True
     format_require_think: bool | None = None
@@ -260,6 +261,8 @@ class TrainingConfig:
             raise bad("temperature", "must be > 0")
         if self.top_k < 0:
             raise bad("top_k", "must be >= 0 (0 = off)")
+        if self.log_completions_every < 0:
+            raise bad("log_completions_every", "must be >= 0 (0 = off)")
         from medloc_core.boxes import PARSERS
         from medloc_core.rewards import REWARD_MIXES
 
@@ -592,7 +595,8 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
         if self._t_last is not None:
             self._step_times.append(now - self._t_last)
         self._t_last = now
-        metrics = self._curriculum_metrics(self.tracker.pop_step())
+        self.last_record = self.tracker.pop_step()
+        metrics = self._curriculum_metrics(self.last_record)
         self._pending[state.global_step] = metrics
         if not control.should_log:  # logging_steps > 1: no TRL log this step; emit the curriculum part now
             self._emit(state, state.global_step, self._pending.pop(state.global_step))
@@ -631,6 +635,40 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
         tmp = ckpt / (CURRICULUM_STATE_NAME + ".tmp")
         tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         tmp.replace(ckpt / CURRICULUM_STATE_NAME)
+
+
+class CompletionsTableCallback(_transformers_callback_base()):  # type: ignore[misc]
+    """Every ``every`` optimizer steps, a sample of the step's completions (text, IoU, dataset) goes to the
+    active MLflow run as a table (``completions/step_<N>.json``), next to the curriculum trace. Reads the
+    record the :class:`CurriculumCallback` popped for the step, so it must come after it."""
+
+    def __init__(self, curriculum: Any, every: int, sample: int = 16) -> None:
+        self.curriculum, self.every, self.sample = curriculum, every, sample
+
+    def on_step_end(self, args, state, control, **kwargs):
+        record = getattr(self.curriculum, "last_record", None)
+        if (
+            not self.every
+            or state.global_step % self.every
+            or record is None
+            or not state.is_world_process_zero
+        ):
+            return
+        import mlflow
+
+        if mlflow.active_run() is None or not record.texts:
+            return
+        n = min(self.sample, len(record.texts))
+        mlflow.log_table(
+            {
+                "step": [state.global_step] * n,
+                "completion": record.texts[:n],
+                "iou": record.ious[:n],
+                "dataset": [str(d) for d in record.datasets[:n]],
+                "threshold": [self.curriculum._threshold()] * n,
+            },
+            artifact_file=f"completions/step_{state.global_step:05d}.json",
+        )
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -1082,8 +1120,17 @@ def run_sft_warmup(
     return str(sft_dir), summary
 
 
+def _mlflow_run_active() -> bool:
+    """An MLflow run this process started or entered. Not under ``accelerate launch`` (``MLFLOW_RUN_ID`` set):
+    transformers' MLflow callback would try to start that already active run again and fail."""
+    import mlflow
+
+    return mlflow.active_run() is not None and not os.environ.get("MLFLOW_RUN_ID")
+
+
 def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: list[float]):
-    """The TRL ``GRPOConfig`` for ``config`` (report_to=[]: metrics go through the metrics sink)."""
+    """The TRL ``GRPOConfig`` for ``config``. Metrics go through the metrics sink; with an active MLflow run,
+    TRL also reports to it (``report_to=["mlflow"]``)."""
     from trl import GRPOConfig
 
     if config.use_vllm and importlib.util.find_spec("vllm") is None:
@@ -1123,7 +1170,8 @@ def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: 
         save_strategy="steps" if config.save_steps > 0 else "no",
         save_steps=config.save_steps if config.save_steps > 0 else 500,
         save_total_limit=config.save_total_limit,
-        report_to=[],
+        # TRL's own MLflow integration logs all its metrics into the pipeline's run when one is active.
+        report_to=["mlflow"] if _mlflow_run_active() else [],
         remove_unused_columns=False,
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
@@ -1282,7 +1330,7 @@ def prepare_training(
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[callback, *callbacks],
+        callbacks=[callback, CompletionsTableCallback(callback, config.log_completions_every), *callbacks],
     )
     if not config.progress:  # disable_tqdm makes Trainer print every log dict instead
         from transformers.trainer_callback import PrinterCallback

@@ -27,7 +27,7 @@ def shrunken_config(tmp_path: Path) -> Path:
     source["synth"]["n"] = 30
     # 120 SFT steps: enough for the stand-in to answer in the box format (a model that fails to parse on >= 90 %
     # of the test images is never registered).
-    params["training"].update(max_steps=MAX_STEPS, sft_warmup_steps=120, save_steps=2)
+    params["training"].update(max_steps=MAX_STEPS, sft_warmup_steps=120, save_steps=2, log_completions_every=2)
     params["training"]["curriculum"]["window"] = 2
     params["evaluation"]["n_boot"] = 100
     path = tmp_path / "config.yaml"
@@ -116,6 +116,11 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         tag.value for d in full.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"
     }
     assert {"train", "val", "test"} <= contexts
+    # TRL's own MLflow reporting (all its metrics) and the completions table every 2 steps
+    for key in ("loss", "reward", "completions/mean_length", "rewards/format_reward/mean"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == MAX_STEPS, key
+    tables = {a.path for a in client.list_artifacts(run.info.run_id, "completions")}
+    assert "completions/step_00002.json" in tables, tables
 
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {
