@@ -495,6 +495,13 @@ def log_and_register(
 
 def _record_decision(client: Any, version: int, decision: PromotionDecision, *, forced: bool) -> None:
     verdict = ("promoted" if decision.promote else "rejected") + (" (forced)" if forced else "")
+    # A readable description on the version page: the verdict and the gate's reasons.
+    client.update_model_version(
+        MODEL_NAME,
+        str(version),
+        description=f"Promotion gate: {verdict} to {CHAMPION}. "
+        + " ".join(r.rstrip(".") + "." for r in decision.reasons),
+    )
     client.set_model_version_tag(MODEL_NAME, str(version), TAG_DECISION, verdict)
     client.set_model_version_tag(
         MODEL_NAME, str(version), TAG_REASONS, "; ".join(decision.reasons)[:_MAX_TAG_VALUE]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from zenml import pipeline
+from zenml import Model, pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
 from medloc_core.config import validate_parameters
@@ -35,7 +35,17 @@ def embedded_parameters(path: Path = EMBEDDED_CONFIG) -> dict[str, dict]:
     return substitute_env_variable_placeholders(config.get("parameters") or {})
 
 
-@pipeline(name="medloc_training", enable_cache=False)
+# ZenML's Model Control Plane: every run is a version of the ZenML model `medloc-grounder` (the same name as the
+# MLflow registered model), linked to the run's artifacts; the register step records the MLflow version on it
+# and moves its stage with the `champion` alias.
+MODEL = Model(
+    name="medloc-grounder",
+    description="Qwen2.5-VL grounding model trained with GRPO and the MedLoc-R1 IoU curriculum",
+    tags=["medloc", "grounding", "grpo"],
+)
+
+
+@pipeline(name="medloc_training", enable_cache=False, model=MODEL)
 def medloc_training(
     data: dict | None = None,
     preprocessing: dict | None = None,

@@ -66,6 +66,7 @@ def register_model(
             require_beats_base=settings.require_beats_base,
             base_metrics=base_metrics or None,
         )
+    _link_control_plane(int(version), bool(decision.promote), list(decision.reasons), metrics)
     result = {
         "registered": True,
         "model_name": registry.MODEL_NAME,
@@ -81,3 +82,27 @@ def register_model(
         "; ".join(decision.reasons),
     )
     return result
+
+
+def _link_control_plane(version: int, promoted: bool, reasons: list[str], metrics: dict) -> None:
+    """Record the MLflow registry version and the gate's decision on this run's ZenML model version, and move
+    its stage with the MLflow alias: ``champion`` = ``production`` (the previous one is archived),
+    ``challenger`` = ``staging``."""
+    from zenml import get_step_context
+
+    from medloc_core import registry
+
+    model = get_step_context().model
+    if model is None:  # the pipeline ran without a ZenML model
+        return
+    headline = {k: float(v) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, int | float)}
+    model.log_metadata(
+        {
+            "mlflow_registered_model": registry.MODEL_NAME,
+            "mlflow_version": version,
+            "promoted_to_champion": promoted,
+            "gate": "; ".join(reasons),
+            **headline,
+        }
+    )
+    model.set_stage("production" if promoted else "staging", force=True)

@@ -27,7 +27,9 @@ def shrunken_config(tmp_path: Path) -> Path:
     source["synth"]["n"] = 30
     # 120 SFT steps: enough for the stand-in to answer in the box format (a model that fails to parse on >= 90 %
     # of the test images is never registered).
-    params["training"].update(max_steps=MAX_STEPS, sft_warmup_steps=120, save_steps=2, log_completions_every=2)
+    params["training"].update(
+        max_steps=MAX_STEPS, sft_warmup_steps=120, save_steps=2, log_completions_every=2
+    )
     params["training"]["curriculum"]["window"] = 2
     params["evaluation"]["n_boot"] = 100
     path = tmp_path / "config.yaml"
@@ -136,6 +138,33 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert int(version.version) == 1
     assert version.tags["medloc.run_id"] == run.info.run_id
     assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
+    assert version.description.startswith("Promotion gate: ")
+
+    # ZenML's Model Control Plane lists the run's model version, linked to the MLflow version
+    listed = subprocess.run(
+        [str(zenml), "model", "version", "list", "--model", "medloc-grounder"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0 and "medloc-grounder" in listed.stdout, listed.stdout + listed.stderr
+    from zenml.client import Client
+
+    os.environ.update({k: env[k] for k in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH")})
+    try:
+        zversion = Client().get_model_version("medloc-grounder")  # the latest version
+        meta = zversion.run_metadata
+        assert int(meta["mlflow_version"]) == 1
+        assert str(zversion.stage) in {
+            "production",
+            "staging",
+            "ModelStages.PRODUCTION",
+            "ModelStages.STAGING",
+        }
+        promoted = version.tags["medloc.promotion.decision"] == "promoted"
+        assert ("production" in str(zversion.stage).lower()) == promoted
+        assert zversion.data_artifact_ids  # the run's artifacts are linked to it
+    finally:
+        for key in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH"):
+            os.environ.pop(key, None)
 
 
 @pytest.mark.slow
