@@ -21,6 +21,10 @@ EXPERIMENT = "medloc"
 RUN_ID_TAG = "medloc.pipeline_run_id"
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def export_medloc_home() -> str:
     """Set ``$MEDLOC_HOME`` to its default (``./.medloc``, absolute) when unset; return its value.
 
@@ -61,6 +65,10 @@ def configure_mlflow(experiment: str = EXPERIMENT) -> str:
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
+        if EXPERIMENT_KIND_TAG not in (existing.tags or {}):
+            mlflow.MlflowClient().set_experiment_tag(
+                existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         mlflow.set_experiment(experiment_id=existing.experiment_id)
         return existing.experiment_id
     artifact_location = None
@@ -68,7 +76,10 @@ def configure_mlflow(experiment: str = EXPERIMENT) -> str:
         artifact_location = (medloc_home() / "mlflow" / "artifacts").as_uri()
     elif os.environ.get("MEDLOC_MLFLOW_ARTIFACT_LOCATION"):
         artifact_location = os.environ["MEDLOC_MLFLOW_ARTIFACT_LOCATION"]
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    # MLflow 3's UI opens an experiment by its kind; this one is classic model training, not GenAI tracing.
+    experiment_id = mlflow.create_experiment(
+        experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -77,6 +77,7 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("medloc")
     assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's classic ML view
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1, "one MLflow run per pipeline run"
     run = runs[0]
@@ -165,6 +166,33 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     finally:
         for key in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH"):
             os.environ.pop(key, None)
+
+    # The ZenML dashboard works locally: `zenml login --local` serves this store on loopback and lists the run
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server_env = {**env, "ZENML_AUTO_OPEN_DASHBOARD": "false"}
+    login = subprocess.run(
+        [str(zenml), "login", "--local", "--port", str(port), "--ip-address", "127.0.0.1"],
+        cwd=REPO, env=server_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    try:
+        assert login.returncode == 0, login.stdout[-2000:] + login.stderr[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
+            assert response.status == 200
+        runs = subprocess.run(
+            [str(zenml), "pipeline", "runs", "list"], cwd=REPO, env=server_env, capture_output=True, text=True, timeout=120
+        )  # fmt: skip
+        assert runs.returncode == 0 and "medloc_training" in runs.stdout, (
+            runs.stdout[-2000:] + runs.stderr[-2000:]
+        )
+    finally:
+        subprocess.run(
+            [str(zenml), "logout", "--local"], cwd=REPO, env=server_env, capture_output=True, timeout=120
+        )
 
 
 @pytest.mark.slow
