@@ -40,7 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path to the repo root; must precede torch)
 
-SCHEDULES = ("medloc", "fixed", "raw_iou", "vtriune")
+from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES  # noqa: E402
+
 EARLY_FRACTION = 0.3
 
 

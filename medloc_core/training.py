@@ -44,12 +44,13 @@ from typing import Any
 
 from medloc_core import prompts
 from medloc_core.checkpoints import CURRICULUM_STATE_NAME
+from medloc_core.curriculum import SCHEDULE_NAMES
 
 logger = logging.getLogger(__name__)
 
 MetricsSink = Callable[[dict[str, float], int], None]
 
-SCHEDULES = ("medloc", "fixed", "raw_iou", "vtriune")
+SCHEDULES = SCHEDULE_NAMES  # one list: medloc_core.curriculum
 ADAPTERS = ("full", "lora", "mlae")
 TINY_ALIASES = {"tiny": "tiny", "tiny-small": "small", "tiny-grounder": "grounder"}
 HISTORY_NAME = "history.jsonl"

@@ -6,6 +6,7 @@ prepared table adds the same box in the Qwen2.5-VL model-input frame (``in_x1..i
 
 from medloc_core.data.ingest import IngestResult, ingest, read_dataset
 from medloc_core.data.preprocess import PREPARED_COLUMNS, assign_splits, preprocess
+from medloc_core.data.readers import FORMATS  # noqa: E402  (one list: the readers registry)
 from medloc_core.data.records import (
     DEFAULT_MAX_QUARANTINE_FRACTION,
     QUARANTINE_COLUMNS,
@@ -15,8 +16,6 @@ from medloc_core.data.records import (
     read_records,
 )
 from medloc_core.data.synth import KINDS, Difficulty, generate
-
-FORMATS = ("ham10000", "isic2018", "tn3k", "coco", "voc", "yolo", "csv", "jsonl", "masks")
 
 __all__ = [
     "DEFAULT_MAX_QUARANTINE_FRACTION",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("ham10000", "isic2018", "tn3k", "coco", "voc", "yolo", "csv", "jsonl", "masks")
-KINDS = ("ham10000", "tn3k", "xray")
+from medloc_core.data.readers import FORMATS  # noqa: E402  (one list: the readers registry)
+from medloc_core.data.synth import KINDS  # noqa: E402
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
