@@ -394,3 +394,15 @@ def test_fuzz_coco_every_annotation_accounted_and_no_exception(tmp_path_factory,
     c = result.manifest["counts"]
     assert c["source_rows_in_records"] + c["quarantined"] == c["input_rows"]
     assert c["input_rows"] >= len(anns)
+
+
+@pytest.mark.parametrize("ref", ["a\u0000b.jpg", "x" * 5000 + ".jpg", "/" + "y/" * 3000 + "z.jpg"])
+def test_unusable_paths_quarantine_the_row_not_the_file(tmp_path, ref):
+    img(tmp_path / "a.jpg")
+    rows = [{"image": ref, "bbox": [2, 2, 12, 12]}, {"image": "a.jpg", "bbox": [2, 2, 12, 12]}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "b.csv").write_text(f"image,x1,y1,x2,y2\n{ref},2,2,12,12\na.jpg,2,2,12,12\n")
+    for fmt in ("jsonl", "csv"):
+        result = read(fmt, tmp_path)
+        assert_accounted(result, 2)
+        assert len(result.records) == 1 and result.quarantine["row"].tolist() == [1 if fmt == "jsonl" else 2]

@@ -36,6 +36,14 @@ class ImageFinder:
 
     def why_not(self, ref: str) -> str:
         """One-line reason :meth:`find` returned None for ``ref``."""
+        try:
+            return self._why_not(ref)
+        except (OSError, ValueError) as exc:
+            return f"image path {ref[:80]!r} is unusable: {exc}"
+
+    def _why_not(self, ref: str) -> str:
+        if "\0" in ref:
+            return "image path contains a NUL byte"
         path = Path(ref.strip())
         if path.is_absolute() and not self._inside(path):
             return f"absolute image path {ref!r} lies outside the dataset root"
@@ -51,6 +59,12 @@ class ImageFinder:
         return f"image file {ref!r} not found"
 
     def find(self, ref: str, extra_bases: Sequence[Path] = ()) -> Path | None:
+        try:
+            return self._find(ref, extra_bases)
+        except (OSError, ValueError):  # a name too long for the file system, and the like: not found
+            return None
+
+    def _find(self, ref: str, extra_bases: Sequence[Path]) -> Path | None:
         ref = ref.strip()
         if not ref or "\0" in ref:
             return None
