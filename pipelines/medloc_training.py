@@ -19,6 +19,7 @@ from medloc_core.config import validate_parameters
 from medloc_core.tracking import export_medloc_home
 from steps.evaluate import evaluate_model
 from steps.ingest import ingest_data
+from steps.mlflow_run import mark_mlflow_run_failed
 from steps.preprocess import preprocess_data
 from steps.register import register_model
 from steps.train import train_model
@@ -45,7 +46,7 @@ MODEL = Model(
 )
 
 
-@pipeline(name="medloc_training", enable_cache=False, model=MODEL)
+@pipeline(name="medloc_training", enable_cache=False, model=MODEL, on_failure=mark_mlflow_run_failed)
 def medloc_training(
     data: dict | None = None,
     preprocessing: dict | None = None,

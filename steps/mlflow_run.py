@@ -44,7 +44,46 @@ def step_mlflow_run() -> Iterator[Any]:
     run = context.pipeline_run
     tags = {"zenml.pipeline": context.pipeline.name, "zenml.run_name": run.name, "zenml.run_id": str(run.id)}
     with tracking.pipeline_run(str(run.id), run.name, tags=tags) as mlflow_run:
+        _link_step_to_mlflow_run(mlflow_run)
         yield mlflow_run
+
+
+def _link_step_to_mlflow_run(mlflow_run: Any) -> None:
+    """ZenML step metadata pointing at the MLflow run this step logs into (shown on the step in the dashboard)."""
+    import mlflow
+    from zenml import log_metadata
+
+    log_metadata(
+        {
+            "mlflow_run_id": mlflow_run.info.run_id,
+            "mlflow_experiment_id": mlflow_run.info.experiment_id,
+            "mlflow_tracking_uri": mlflow.get_tracking_uri(),
+        }
+    )
+
+
+def mark_mlflow_run_failed(exception: BaseException) -> None:
+    """ZenML ``on_failure`` hook: the pipeline run failed, so its MLflow run ends FAILED (not FINISHED from the
+    last step that succeeded), with the error as a tag."""
+    import mlflow
+
+    context = get_step_context()
+    tracking.configure_mlflow()
+    found = mlflow.search_runs(
+        filter_string=f"tags.`{tracking.RUN_ID_TAG}` = '{context.pipeline_run.id}'",
+        search_all_experiments=True,
+        output_format="list",
+        max_results=1,
+    )
+    if not found:
+        return
+    client = mlflow.MlflowClient()
+    run_id = found[0].info.run_id
+    client.set_tag(run_id, "medloc.failed_step", context.step_run.name)
+    client.set_tag(
+        run_id, "medloc.error", " ".join(f"{type(exception).__name__}: {exception}".split())[:5000]
+    )
+    client.set_terminated(run_id, status="FAILED")
 
 
 def run_folder(name: str) -> Any:

@@ -231,3 +231,40 @@ def test_a_config_typo_fails_before_any_step_runs(tmp_path: Path, block, key, va
     assert named in output, output[-3000:]
     assert "has started" not in output and "ingest_data" not in output, output[-3000:]  # no step ran
     assert seconds < 120, seconds
+
+
+@pytest.mark.slow
+def test_a_failed_pipeline_leaves_its_mlflow_run_failed(tmp_path: Path) -> None:
+    """Ingest and preprocess log into the run (FINISHED after each step); training then fails: the run ends
+    FAILED, tagged with the step and the error; the ZenML steps carry the MLflow run id as metadata."""
+    config = yaml.safe_load(shrunken_config(tmp_path).read_text())
+    config["parameters"]["training"]["model_name_or_path"] = str(tmp_path / "no-such-model")
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = env_for(tmp_path)
+    zenml = Path(sys.executable).with_name("zenml")
+    result = subprocess.run(
+        [str(zenml), "pipeline", "run", "medloc_training", "-c", str(path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode != 0
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("medloc").experiment_id])
+    assert run.info.status == "FAILED", run.info.status
+    assert (
+        run.data.tags["medloc.failed_step"] == "train_model"
+        and "no-such-model" in run.data.tags["medloc.error"]
+    )
+    assert "data/records" in run.data.metrics  # the steps before the failure logged into the same run
+
+    os.environ.update({k: env[k] for k in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH")})
+    try:
+        from zenml.client import Client
+
+        zrun = Client().get_pipeline("medloc_training").last_run
+        assert str(zrun.steps["ingest_data"].run_metadata["mlflow_run_id"]) == run.info.run_id
+    finally:
+        for key in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH"):
+            os.environ.pop(key, None)
