@@ -122,6 +122,9 @@ class TrainingConfig:
     Sampling: ``temperature``, ``top_p`` and ``top_k`` (0 = off) for the rollouts. ``use_bias_correction_kl``
     (TRL's option, off here as in VLM-R1: the plain k3 KL term) multiplies the KL term by the importance ratio.
 
+    TRL: a field named like a ``GRPOConfig`` field passes to TRL unchanged; ``trl`` holds any other
+    ``GRPOConfig`` option under TRL's own name (e.g. ``{epsilon_high: 0.28, mask_truncated_completions: true}``).
+
     GRPO: ``num_generations`` completions per prompt; ``per_device_train_batch_size`` counts completions
     (a multiple of ``num_generations``). ``beta`` is the KL weight: 0.04 (VLM-R1) by default, the digest's 0.4
     is ambiguity A7. ``loss_type`` "grpo" (VLM-R1's per-sequence normalisation; TRL also has dapo, dr_grpo,
@@ -197,6 +200,7 @@ class TrainingConfig:
     save_total_limit: int | None = 3
     logging_steps: int = 1
     log_completions_every: int = 50
+    trl: dict = field(default_factory=dict)
     answer_style: str = "think"
     format_reward: bool = True
     format_require_think: bool | None = None
@@ -264,6 +268,17 @@ class TrainingConfig:
             raise bad("top_k", "must be >= 0 (0 = off)")
         if self.log_completions_every < 0:
             raise bad("log_completions_every", "must be >= 0 (0 = off)")
+        if not isinstance(self.trl, Mapping):
+            raise bad("trl", "must be a mapping of TRL GRPOConfig options")
+        if self.trl:
+            mine = {f.name for f in dataclasses.fields(self)} & trl_field_names()
+            for key in self.trl:
+                if key in _OWNED_TRL_FIELDS or key in mine:
+                    raise bad(
+                        "trl", f"{key!r} is set by the pipeline or by training.{key}, not in the trl block"
+                    )
+                if key not in trl_field_names():
+                    raise bad("trl", f"{key!r} is not a TRL GRPOConfig option")
         from medloc_core.boxes import PARSERS
         from medloc_core.rewards import REWARD_MIXES
 
@@ -1129,53 +1144,48 @@ def _mlflow_run_active() -> bool:
     return mlflow.active_run() is not None and not os.environ.get("MLFLOW_RUN_ID")
 
 
+# GRPOConfig fields the pipeline owns: a `trl:` block may not set them.
+_OWNED_TRL_FIELDS = frozenset(
+    {"output_dir", "reward_weights", "report_to", "remove_unused_columns", "save_strategy", "disable_tqdm"}
+)
+
+
+def trl_field_names() -> frozenset[str]:
+    """Every field of TRL's ``GRPOConfig`` (the options a ``trl:`` block may set)."""
+    from trl import GRPOConfig
+
+    return frozenset(f.name for f in dataclasses.fields(GRPOConfig))
+
+
 def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: list[float]):
-    """The TRL ``GRPOConfig`` for ``config``. Metrics go through the metrics sink; with an active MLflow run,
-    TRL also reports to it (``report_to=["mlflow"]``)."""
+    """The TRL ``GRPOConfig`` for ``config``, with no hand-copied field list: every ``TrainingConfig`` field
+    whose name is also a ``GRPOConfig`` field passes through by name, then the ``trl`` block (any other
+    ``GRPOConfig`` option, as TRL names it) is applied on top, so a new TRL option takes one line of YAML.
+    Metrics go through the metrics sink; with an active MLflow run, TRL also reports to it."""
     from trl import GRPOConfig
 
     if config.use_vllm and importlib.util.find_spec("vllm") is None:
         raise ValueError(
             "TrainingConfig.use_vllm=True but vLLM is not installed here; install vllm or set it false"
         )
-    return GRPOConfig(
-        output_dir=str(output_dir),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_generations=config.num_generations,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        beta=config.beta,
-        epsilon=config.epsilon,
-        num_iterations=config.num_iterations,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        use_bias_correction_kl=config.use_bias_correction_kl,
-        max_completion_length=config.max_completion_length,
-        loss_type=config.loss_type,
-        scale_rewards=config.scale_rewards,
-        reward_weights=reward_weights,
-        bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        use_vllm=config.use_vllm,
-        vllm_mode=config.vllm_mode,
-        use_cpu=config.use_cpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
+    names = trl_field_names()
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
+    shared.update(
+        # save_steps 0 means "no checkpoints" here; TRL wants a strategy and a positive interval
         save_strategy="steps" if config.save_steps > 0 else "no",
         save_steps=config.save_steps if config.save_steps > 0 else 500,
-        save_total_limit=config.save_total_limit,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+    )
+    return GRPOConfig(
+        **shared,
+        **dict(config.trl),
+        output_dir=str(output_dir),
+        reward_weights=reward_weights,
         # TRL's own MLflow integration logs all its metrics into the pipeline's run when one is active.
         report_to=["mlflow"] if _mlflow_run_active() else [],
         remove_unused_columns=False,
         disable_tqdm=not config.progress,
-        dataloader_num_workers=0,
     )
 
 

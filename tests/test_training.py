@@ -520,3 +520,22 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data
     assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6] and result.steps == 6
     # rotation kept the two newest complete checkpoints
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_path) -> None:
+    from medloc_core.training import build_grpo_config
+
+    cfg = _cfg(
+        top_k=50,
+        temperature=0.7,
+        lr_scheduler_type="linear",
+        trl={"epsilon_high": 0.28, "mask_truncated_completions": True},
+    )
+    args = build_grpo_config(cfg, tmp_path, [1.0, 0.5])
+    assert (args.top_k, args.temperature, args.lr_scheduler_type) == (50, 0.7, "linear")
+    assert (args.epsilon_high, args.mask_truncated_completions) == (0.28, True)
+    assert args.reward_weights == [1.0, 0.5] and args.use_bias_correction_kl is False
+    with pytest.raises(ValueError, match="'epsilon_hi' is not a TRL GRPOConfig option"):
+        _cfg(trl={"epsilon_hi": 0.3})
+    with pytest.raises(ValueError, match="'beta' is set by the pipeline or by training.beta"):
+        _cfg(trl={"beta": 0.1})
