@@ -17,10 +17,7 @@ original-image pixels.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import io
 import json
 import logging
 import math
@@ -32,11 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PythonModel
 
 from medloc_core.evaluation import mlflow_key
+from medloc_core.serving import (  # noqa: F401  (re-exported: the served model's public names)
+    MODEL_ARTIFACT,
+    OUTPUT_COLUMNS,
+    BadRequest,
+    MedLocGrounderModel,
+    _input_example,
+    _pip_requirements,
+    _signature,
+    encode_image,
+    load_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +52,6 @@ CHALLENGER = "challenger"
 EXPERIMENT = "medloc"
 DEFAULT_METRIC = "eval/A@0.5"
 
-MODEL_ARTIFACT = "model"  # key of the model folder in the pyfunc's artifacts
 TAG_EVAL_SET_HASH = "medloc.eval_set_hash"
 TAG_RUN_ID = "medloc.run_id"
 TAG_DECISION = "medloc.promotion.decision"
@@ -55,8 +60,6 @@ TAG_ANSWER_STYLE = "medloc.answer_style"
 BASE_PREFIX = "base/"  # base-model metrics are stored as tags ``base/eval/...``
 METRIC_TAG_PREFIX = "eval/"
 _MAX_TAG_VALUE = 5000
-
-OUTPUT_COLUMNS = ("x1", "y1", "x2", "y2", "completion", "parsed")
 
 
 # ------------------------------------------------------------------------------------- promotion rule
@@ -137,217 +140,6 @@ def decide_promotion(
         f"(difference {gain:.4g})"
     )
     return PromotionDecision(False, reasons)
-
-
-# ------------------------------------------------------------------------------------------- pyfunc
-
-
-class BadRequest(MlflowException, ValueError):
-    """A scoring request the model cannot serve: HTTP 400 with exactly this one-line message, no stack trace.
-
-    MLflow's scoring server rewrites the message of an ``MlflowException`` raised in ``predict`` to
-    ``"Failed to predict data '<the whole input frame>'. Error: ..."``; this class keeps the first message it
-    is given, so the client reads one line instead of a dump of its own (base64) input.
-    """
-
-    def __init__(self, message: str) -> None:
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-        super().__init__(" ".join(str(message).split()), error_code=INVALID_PARAMETER_VALUE)
-
-    @property
-    def message(self) -> str:  # type: ignore[override]
-        return self._message
-
-    @message.setter
-    def message(self, value: str) -> None:
-        if not hasattr(self, "_message"):
-            self._message = value
-
-
-def load_image(value: Any, *, row: int | None = None) -> Any:
-    """A PIL RGB image (EXIF orientation applied, 8-bit) from image bytes or their base64 text (optionally a
-    ``data:image/...;base64,`` URI). A path is never opened: the served model must not read its host's files.
-    Raises :class:`BadRequest` (a ``ValueError`` too) for anything else, a non-image or an image over
-    ``images.MAX_IMAGE_PIXELS``."""
-    from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
-
-    where = f"row {row}: " if row is not None else ""
-    if isinstance(value, bytes | bytearray):
-        data = bytes(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.startswith("data:") and "," in text:
-            text = text.split(",", 1)[1]
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest(
-                f"{where}column 'image' must be base64-encoded image bytes (file paths are not accepted), "
-                f"got {value[:40]!r}"
-            ) from None
-        if not data:
-            raise BadRequest(f"{where}column 'image' is empty")
-    else:
-        raise BadRequest(f"{where}column 'image' must be base64 text or bytes, got {type(value).__name__}")
-    try:
-        return load_rgb(data, max_pixels=MAX_IMAGE_PIXELS)
-    except ImageError as exc:
-        raise BadRequest(f"{where}column 'image': {exc}") from None
-
-
-def encode_image(image: Any, fmt: str = "PNG") -> str:
-    """Base64 text of a PIL image (the ``image`` column format for remote scoring)."""
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-class MedLocGrounderModel(PythonModel):
-    """MLflow pyfunc: ``predict(DataFrame[image, query(, prompt_text)]) -> DataFrame[x1, y1, x2, y2, completion,
-    parsed]``.
-
-    ``image``: base64-encoded image bytes (or raw bytes); never a path. ``query``: the grounding query, turned
-    into the training prompt with ``prompts.build_prompt_text`` and the answer style the model was trained with
-    (the ``answer_style`` of the logged ``model_config``); an optional ``prompt_text`` column is used verbatim.
-    Boxes are original-image pixels clipped to the image; ``None`` (JSON ``null``) when the answer did not
-    parse. ``params`` may set ``max_new_tokens`` and ``batch_size``. A bad request raises :class:`BadRequest`
-    (HTTP 400, one line).
-
-    Logged from code (``serving_model.py``, MLflow's models-from-code), never as a pickled object: loading the
-    model runs only this package's code, which travels with the model (``code_paths``).
-    """
-
-    # MLflow 3 wraps ``predict`` and warns unless it has type hints it can turn into a signature; this model
-    # declares an explicit signature at logging time (``_signature``) instead. The same opt-out MLflow's
-    # ChatModel uses.
-    _skip_type_hint_validation = True
-
-    def __init__(self, answer_style: str = "think", max_new_tokens: int = 128, device: str = "cpu") -> None:
-        self.answer_style = answer_style
-        self.max_new_tokens = max_new_tokens
-        self.device = device
-        self._predictor = None
-
-    def load_context(self, context: Any) -> None:
-        from medloc_core.inference import BoxPredictor
-
-        config = dict(getattr(context, "model_config", None) or {})
-        self.answer_style = str(config.get("answer_style", self.answer_style))
-        self.max_new_tokens = int(config.get("max_new_tokens", self.max_new_tokens))
-        device = os.environ.get("MEDLOC_DEVICE", str(config.get("device", self.device)))
-        self._predictor = BoxPredictor(
-            context.artifacts[MODEL_ARTIFACT], device=device, max_new_tokens=self.max_new_tokens
-        )
-
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        from medloc_core.boxes import clip_box
-        from medloc_core.prompts import build_prompt_text
-
-        if self._predictor is None:
-            self.load_context(context)
-        try:
-            df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"input must be a table with columns 'image' and 'query': {exc}") from None
-        if "image" not in df.columns or ("query" not in df.columns and "prompt_text" not in df.columns):
-            raise BadRequest(
-                f"input needs columns 'image' and 'query' (or 'prompt_text'); got {list(df.columns)}"
-            )
-        params = dict(params or {})
-        images = [load_image(v, row=i) for i, v in enumerate(df["image"])]
-        prompts = []
-        for i in range(len(df)):
-            given = df["prompt_text"].iloc[i] if "prompt_text" in df.columns else None
-            if isinstance(given, str) and given.strip():
-                prompts.append(given)
-                continue
-            query = df["query"].iloc[i] if "query" in df.columns else None
-            if not isinstance(query, str) or not query.strip():
-                raise BadRequest(f"row {i}: column 'query' is empty")
-            prompts.append(build_prompt_text(query, answer_style=self.answer_style))
-        predictor = self._predictor
-        try:
-            predictor.max_new_tokens = int(params.get("max_new_tokens", self.max_new_tokens))
-            batch_size = int(params.get("batch_size", 4))
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"params: {exc}") from None
-        if not 1 <= predictor.max_new_tokens <= 4096 or batch_size < 1:
-            raise BadRequest("params: max_new_tokens must be in 1..4096 and batch_size >= 1")
-        outputs = predictor.predict(images, prompts, batch_size=batch_size)
-        rows = []
-        for image, out in zip(images, outputs):
-            box = out["box_original"]
-            if box is not None:
-                box = clip_box(box, image.width, image.height)
-            coords = box if box is not None else (None,) * 4
-            rows.append(
-                {
-                    **dict(zip(("x1", "y1", "x2", "y2"), coords)),
-                    "completion": out["completion"],
-                    "parsed": box is not None,
-                }
-            )
-        frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
-        return frame.astype({c: object for c in ("x1", "y1", "x2", "y2")})
-
-
-def _signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("string", "image"),
-            ColSpec("string", "query", required=False),
-            ColSpec("string", "prompt_text", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            *(ColSpec("double", c) for c in ("x1", "y1", "x2", "y2")),
-            ColSpec("string", "completion"),
-            ColSpec("boolean", "parsed"),
-        ]
-    )
-    params = ParamSchema([ParamSpec("max_new_tokens", "long", 128), ParamSpec("batch_size", "long", 4)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def _input_example() -> pd.DataFrame:
-    """One request in the served format: a small base64 PNG and a query."""
-    from PIL import Image
-
-    image = Image.new("RGB", (64, 48), (90, 90, 90))
-    return pd.DataFrame({"image": [encode_image(image)], "query": ["Where is the lesion?"]})
-
-
-def _pip_requirements() -> list[str]:
-    """Pinned from the running environment: MLflow's inference of them costs ~10 s (stack.md §4). With the
-    package code in ``code_paths`` this is everything ``serving_model.py`` imports."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for dist in (
-        "mlflow",
-        "torch",
-        "transformers",
-        "accelerate",
-        "peft",
-        "pillow",
-        "pandas",
-        "numpy",
-        "tokenizers",
-        "safetensors",
-        "scipy",
-        "tqdm",
-        "PyYAML",
-    ):
-        try:
-            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
-        except PackageNotFoundError:
-            continue
-    return reqs
 
 
 # ---------------------------------------------------------------------------------- registry helpers

@@ -7,6 +7,6 @@ when the model is loaded, with this package on ``sys.path`` from the model's ``c
 
 import mlflow
 
-from medloc_core.registry import MedLocGrounderModel
+from medloc_core.serving import MedLocGrounderModel
 
 mlflow.models.set_model(MedLocGrounderModel())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -125,7 +126,7 @@ def test_load_image_takes_bytes_or_base64_never_a_path(tmp_path):
     for value, fragment in (
         (str(path), "must be base64-encoded image bytes (file paths are not accepted)"),
         ("/etc/passwd", "file paths are not accepted"),
-        (registry.base64.b64encode(b"not an image").decode(), "not a readable image"),
+        (base64.b64encode(b"not an image").decode(), "not a readable image"),
         ("", "is empty"),
         (12, "must be base64 text or bytes"),
     ):

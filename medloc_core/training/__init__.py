@@ -1,0 +1,110 @@
+"""GRPO training of a Qwen2.5-VL grounder with TRL and the MedLoc-R1 IoU curriculum.
+
+Wiring (``train``):
+
+1. The ``split == "train"`` rows of a prepared DataFrame become a TRL dataset: ``prompt`` (chat messages from
+   ``prompts.chat_messages``), ``image`` (PIL, resized to the row's model-input frame), ``bbox``
+   (``[in_x1, in_y1, in_x2, in_y2]``, model-input-frame pixels, xyxy), ``dataset``, ``record_id``.
+2. Optional SFT warm-up (``medloc_core.sft``) writes ``output_dir/sft``; GRPO then starts from it (and, with
+   ``beta > 0``, uses it as the reference policy, as VLM-R1 does when RL starts from an SFT checkpoint).
+3. ``GRPOTrainer`` gets the format reward and the accuracy reward of the chosen schedule
+   (``medloc_core.rewards``). The reward reads τ from the schedule when a batch is scored; a
+   :class:`CurriculumCallback` pops the :class:`~medloc_core.rewards.RewardTracker` after every optimizer step,
+   gathers the IoUs of all ranks (methods.md A13), feeds them to ``schedule.observe`` and so a raise applies
+   from the next batch on (A2). It emits one metrics dict per step to ``metrics_sink`` and
+   ``output_dir/history.jsonl``.
+4. Checkpoints (``save_steps``) hold the trainer state plus ``curriculum_state.json``; ``resume=True`` continues
+   from the last one with τ, the window, the raise count, the step and the weights restored. Full fine-tuning
+   works around transformers#43701 (Trainer's resume skips Qwen2.5-VL's key conversion and silently keeps the
+   old weights) by loading the checkpoint through ``from_pretrained``; MLAE checkpoints store only MLAE tensors.
+5. ``output_dir/final`` holds a plain (adapter-merged) model and the processor, loadable with
+   ``modeling.load_model`` + ``modeling.load_processor``; LoRA/MLAE adapters are also kept in
+   ``final/adapter``.
+
+KL β defaults to 0.04 (VLM-R1's value); the MedLoc-R1 digest says 0.4 (ambiguity A7 in methods.md §1(i)).
+
+Modules: ``config``, ``rows``, ``callbacks``, ``trainer``, ``warmup`` (SFT), ``medgrpo``, ``session``; the
+``accelerate launch`` entry is ``medloc_core.training_cli`` (``medloc train``).
+"""
+
+from medloc_core.checkpoints import CURRICULUM_STATE_NAME
+from medloc_core.training.callbacks import (
+    CompletionsTableCallback,
+    CurriculumCallback,
+    MetricsSink,
+    default_metrics_sink,
+)
+from medloc_core.training.config import (
+    ADAPTERS,
+    HISTORY_NAME,
+    MEDGRPO_STATS_NAME,
+    SCHEDULES,
+    SFT_DONE_NAME,
+    TINY_ALIASES,
+    TrainingConfig,
+    resolve_model_path,
+    trl_field_names,
+    weights_dtype,
+)
+from medloc_core.training.medgrpo import fit_medgrpo
+from medloc_core.training.rows import REQUIRED_COLUMNS, build_examples, check_frames, train_rows
+from medloc_core.training.session import (
+    TrainingResult,
+    TrainingSession,
+    latest_complete_checkpoint,
+    peak_rss_mb,
+    prepare_training,
+    read_history,
+    save_final_model,
+    train,
+)
+from medloc_core.training.trainer import build_grpo_config, load_full_weights
+from medloc_core.training.warmup import (
+    SMALL_MODEL_PARAMS,
+    configure_threads,
+    generate_completions,
+    greedy_hit_rate,
+    run_sft_warmup,
+    sft_stop_iou,
+    sft_val_examples,
+)
+
+__all__ = [
+    "CURRICULUM_STATE_NAME",
+    "ADAPTERS",
+    "CompletionsTableCallback",
+    "CurriculumCallback",
+    "HISTORY_NAME",
+    "MEDGRPO_STATS_NAME",
+    "MetricsSink",
+    "REQUIRED_COLUMNS",
+    "SCHEDULES",
+    "SFT_DONE_NAME",
+    "SMALL_MODEL_PARAMS",
+    "TINY_ALIASES",
+    "TrainingConfig",
+    "TrainingResult",
+    "TrainingSession",
+    "build_examples",
+    "build_grpo_config",
+    "check_frames",
+    "configure_threads",
+    "default_metrics_sink",
+    "fit_medgrpo",
+    "generate_completions",
+    "greedy_hit_rate",
+    "latest_complete_checkpoint",
+    "load_full_weights",
+    "peak_rss_mb",
+    "prepare_training",
+    "read_history",
+    "resolve_model_path",
+    "run_sft_warmup",
+    "save_final_model",
+    "sft_stop_iou",
+    "sft_val_examples",
+    "train",
+    "train_rows",
+    "trl_field_names",
+    "weights_dtype",
+]

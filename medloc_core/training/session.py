@@ -1,0 +1,388 @@
+"""A training run end to end: ``prepare_training`` builds the session (SFT warm-up, rewards, schedule,
+trainer, resume point), ``TrainingSession.run`` trains and saves ``final/``; ``train`` does both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medloc_core.checkpoints import CURRICULUM_STATE_NAME
+from medloc_core.training.callbacks import (
+    CompletionsTableCallback,
+    CurriculumCallback,
+    MetricsSink,
+    default_metrics_sink,
+)
+from medloc_core.training.config import (
+    HISTORY_NAME,
+    MEDGRPO_STATS_NAME,
+    TrainingConfig,
+    resolve_model_path,
+    weights_dtype,
+)
+from medloc_core.training.medgrpo import fit_medgrpo
+from medloc_core.training.rows import build_examples, check_frames, train_rows
+from medloc_core.training.trainer import _trainer_class, build_grpo_config
+from medloc_core.training.warmup import configure_threads, run_sft_warmup, sft_val_examples
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    """Outcome of :func:`train`. ``history`` has one dict per optimizer step (the metrics of that step plus
+    ``step``); ``seconds_per_step`` is the mean wall time of GRPO steps after the first; ``peak_rss_mb`` the
+    process's peak resident memory (MiB, ``getrusage``)."""
+
+    model_dir: Path
+    history: list[dict[str, Any]]
+    final_threshold: float | None
+    num_raises: int
+    steps: int
+    seconds_per_step: float
+    peak_rss_mb: float
+    sft: dict[str, Any] | None = None
+    medgrpo_stats: dict[str, list[float]] | None = None
+    resumed_from: str | None = None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+@dataclass
+class TrainingSession:
+    """A built but not yet run training: the trainer, the schedule and tracker, and where it resumes from."""
+
+    trainer: Any
+    config: TrainingConfig
+    output_dir: Path
+    model_path: str
+    schedule: Any
+    tracker: Any
+    callback: CurriculumCallback
+    processor: Any
+    resume_checkpoint: str | None
+    sft: dict[str, Any] | None
+    medgrpo_stats: dict[str, list[float]] | None
+
+    def run(self) -> TrainingResult:
+        """Train (resuming when a checkpoint was found), save ``output_dir/final``, return the result."""
+        self.trainer.train(resume_from_checkpoint=self.resume_checkpoint)
+        accelerator = self.trainer.accelerator
+        main = accelerator.is_main_process
+        final = self.output_dir / "final"
+        if main:  # one writer: under `accelerate launch` every rank reaches this point
+            save_final_model(self)
+        accelerator.wait_for_everyone()
+        history = read_history(self.output_dir / HISTORY_NAME)
+        times = self.callback.step_seconds
+        sps = (
+            float(sum(times[1:]) / len(times[1:]))
+            if len(times) > 1
+            else (times[0] if times else float("nan"))
+        )
+        stats = self.schedule.stats
+        if hasattr(self.schedule, "threshold_for"):
+            raises = sum(int(s.stats.get("num_raises", 0)) for s in self.schedule.schedules.values())
+        else:
+            raises = int(stats.get("num_raises", 0))
+        result = TrainingResult(
+            model_dir=final,
+            history=history,
+            final_threshold=self.callback._threshold(),
+            num_raises=raises,
+            steps=int(self.trainer.state.global_step),
+            seconds_per_step=sps,
+            peak_rss_mb=peak_rss_mb(),
+            sft=self.sft,
+            medgrpo_stats=self.medgrpo_stats,
+            resumed_from=self.resume_checkpoint,
+        )
+        summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
+        summary["model_dir"] = str(final)
+        summary["config"] = self.config.to_dict()
+        summary["num_processes"] = accelerator.num_processes
+        if main:
+            (final / "medloc_training.json").write_text(
+                json.dumps(summary, indent=2, default=str) + "\n", "utf-8"
+            )
+        return result
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The per-step rows of ``history.jsonl`` (empty when missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _truncate_history(path: Path, last_step: int) -> None:
+    """Drop rows after ``last_step`` (steps redone after a resume would otherwise appear twice)."""
+    rows = [r for r in read_history(path) if int(r["step"]) <= last_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def save_final_model(session: TrainingSession) -> Path:
+    """Write ``output_dir/final``: the adapter-merged model + processor; adapters also under ``final/adapter``.
+
+    Adapters are merged into a fresh copy of the base model loaded from disk, so the trained (unmerged) model
+    held by the trainer is left untouched.
+    """
+    from medloc_core import modeling
+
+    cfg, trainer = session.config, session.trainer
+    final = session.output_dir / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir(parents=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.adapter == "full":
+        model.save_pretrained(str(final))
+    else:
+        if cfg.adapter == "lora":
+            model.save_pretrained(str(final / "adapter"))
+        else:
+            from medloc_core import mlae
+
+            mlae.save_mlae(model, final / "adapter", base_model=session.model_path)
+        # Merged into an fp32 copy: the training step's output keeps fp32 weights (registration may cast).
+        merged = modeling.load_model(session.model_path, dtype="float32", adapter_dir=final / "adapter")
+        merged.save_pretrained(str(final))
+        del merged
+    session.processor.save_pretrained(str(final))
+    return final
+
+
+def _make_schedule(config: TrainingConfig, datasets: Sequence[str]) -> Any:
+    from medloc_core.curriculum import PerDatasetSchedule, make_schedule
+
+    def one():
+        if config.schedule == "medloc":
+            return make_schedule("medloc", config.curriculum_config())
+        if config.schedule == "fixed":
+            return make_schedule("fixed", tau=config.fixed_tau)
+        return make_schedule(config.schedule, total_steps=config.max_steps)
+
+    if config.per_dataset_thresholds:
+        if config.schedule == "raw_iou":
+            raise ValueError("per_dataset_thresholds needs a thresholded schedule, not 'raw_iou'")
+        return PerDatasetSchedule(one, sorted(set(datasets)))
+    return one()
+
+
+def latest_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest checkpoint that can really be resumed from (``checkpoints.latest_loadable_checkpoint``):
+    damaged or cut-off newer ones are set aside with a warning."""
+    from medloc_core.checkpoints import latest_loadable_checkpoint
+
+    return latest_loadable_checkpoint(output_dir)
+
+
+def prepare_training(
+    prepared_df: Any,
+    config: TrainingConfig,
+    output_dir: str | os.PathLike,
+    *,
+    metrics_sink: MetricsSink | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> TrainingSession:
+    """Build everything :func:`train` runs (SFT warm-up included), without starting GRPO."""
+    import torch
+    from datasets import Dataset
+
+    from medloc_core import modeling, rewards
+
+    if isinstance(config, Mapping):
+        config = TrainingConfig.from_dict(config)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sink = default_metrics_sink if metrics_sink is None else metrics_sink
+    rows = train_rows(prepared_df)
+
+    base_path = resolve_model_path(config)
+    processor = modeling.load_processor(base_path)
+    if config.min_pixels is not None:
+        processor.image_processor.size = {
+            "shortest_edge": config.min_pixels,
+            "longest_edge": config.max_pixels,
+        }
+    check_frames(rows, processor)
+    examples = build_examples(rows, config.answer_style)
+
+    # Under `accelerate launch` every rank runs this; file-writing work happens on the main process first and
+    # the other ranks then reuse its results (SFT folder, MedGRPO statistics).
+    from accelerate import PartialState
+
+    # cpu=True mirrors TrainingArguments(use_cpu=True): under torchrun it makes the gloo process group.
+    proc_state = PartialState(cpu=config.use_cpu)
+    resume_ckpt = latest_complete_checkpoint(out) if resume else None
+    if resume_ckpt is None and proc_state.is_main_process:  # fresh start: drop a previous run's leftovers
+        for child in list(out.glob("checkpoint-*")) + [out / HISTORY_NAME, out / MEDGRPO_STATS_NAME]:
+            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+    proc_state.wait_for_everyone()
+
+    sft_summary = None
+    model_path = base_path
+    if config.sft_warmup_steps > 0:
+        val_examples = sft_val_examples(prepared_df, config, processor)
+        with proc_state.main_process_first():
+            model_path, sft_summary = run_sft_warmup(
+                config, base_path, processor, examples, out, val_examples
+            )
+
+    torch.manual_seed(config.seed)
+    model = modeling.load_model(model_path, dtype=weights_dtype(config))
+    model.train()
+    configure_threads(config, model)
+
+    schedule = _make_schedule(config, [e["dataset"] for e in examples])
+    tracker = rewards.RewardTracker()
+    accuracy = rewards.make_reward_for_schedule(schedule, tracker, parser=config.reward_parser)
+    medgrpo_stats = None
+    if config.medgrpo_normalization:
+        stats_path = out / MEDGRPO_STATS_NAME
+        with proc_state.main_process_first():
+            if stats_path.is_file():  # fitted by the main rank just now, or by the run being resumed
+                medgrpo_stats = json.loads(stats_path.read_text(encoding="utf-8"))
+            else:
+                fit_reward = rewards.make_reward_for_schedule(schedule, None, parser=config.reward_parser)
+                medgrpo_stats = fit_medgrpo(model, processor, examples, fit_reward, config)
+                stats_path.write_text(json.dumps(medgrpo_stats, indent=2) + "\n", encoding="utf-8")
+        accuracy = rewards.make_medgrpo_normalized_reward(
+            accuracy, {k: tuple(v) for k, v in medgrpo_stats.items()}, k=config.medgrpo_k
+        )
+    accuracy_weight, format_weight = rewards.reward_weights(
+        config.resolved_reward_mix, config.accuracy_weight, config.format_weight
+    )
+    reward_funcs, weights = [accuracy], [accuracy_weight]
+    if config.format_reward:
+        require_think = (
+            config.answer_style == "think"
+            if config.format_require_think is None
+            else config.format_require_think
+        )
+        reward_funcs.append(
+            rewards.make_format_reward(
+                require_think=require_think,
+                partial_credit=config.format_partial_credit,
+                parser=config.reward_parser,
+            )
+        )
+        weights.append(format_weight)
+
+    peft_config = None
+    if config.adapter == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules_arg,
+            task_type="CAUSAL_LM",
+        )
+    elif config.adapter == "mlae":
+        from medloc_core import mlae
+
+        mlae.apply_mlae(
+            model,
+            config.target_modules_arg,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            drop_rate=config.mlae_drop_rate,
+            dropout=config.lora_dropout,
+        )
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()
+
+    history_path = out / HISTORY_NAME
+    if resume_ckpt is not None:
+        state_file = Path(resume_ckpt) / CURRICULUM_STATE_NAME
+        if not state_file.is_file():
+            raise ValueError(
+                f"{resume_ckpt}: no {CURRICULUM_STATE_NAME}; cannot resume the curriculum exactly"
+            )
+        payload = json.loads(state_file.read_text(encoding="utf-8"))
+        schedule.load_state_dict(payload["schedule"])
+        if proc_state.is_main_process:
+            _truncate_history(history_path, int(payload["global_step"]))
+        logger.info(
+            "resuming from %s (step %s, threshold %s)", resume_ckpt, payload["global_step"], schedule.stats
+        )
+
+    dataset = Dataset.from_list(
+        [{k: e[k] for k in ("prompt", "image", "bbox", "dataset", "record_id")} for e in examples]
+    )
+    callback = CurriculumCallback(
+        schedule,
+        tracker,
+        num_generations=config.num_generations,
+        metrics_sink=sink,
+        history_path=history_path,
+        reward_names=[f.__name__ for f in reward_funcs],
+    )
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=build_grpo_config(config, out, weights),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[callback, CompletionsTableCallback(callback, config.log_completions_every), *callbacks],
+    )
+    if not config.progress:  # disable_tqdm makes Trainer print every log dict instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    trainer.medloc_adapter = config.adapter
+    trainer.medloc_base_model = model_path
+    trainer.medloc_callback = callback
+    return TrainingSession(
+        trainer=trainer,
+        config=config,
+        output_dir=out,
+        model_path=model_path,
+        schedule=schedule,
+        tracker=tracker,
+        callback=callback,
+        processor=processor,
+        resume_checkpoint=resume_ckpt,
+        sft=sft_summary,
+        medgrpo_stats=medgrpo_stats,
+    )
+
+
+def train(
+    prepared_df: Any,
+    config: TrainingConfig | Mapping[str, Any],
+    output_dir: str | os.PathLike,
+    *,
+    metrics_sink: MetricsSink | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> TrainingResult:
+    """Run GRPO (after the optional SFT warm-up) on the train split of ``prepared_df``; see the module doc.
+
+    ``metrics_sink(metrics, step)`` receives each optimizer step's metrics (default: the active MLflow run, if
+    any). ``resume`` continues from the last ``output_dir/checkpoint-*``; ``resume=False`` starts over.
+    ``callbacks`` are extra ``TrainerCallback`` objects.
+    """
+    session = prepare_training(
+        prepared_df, config, output_dir, metrics_sink=metrics_sink, resume=resume, callbacks=callbacks
+    )
+    return session.run()

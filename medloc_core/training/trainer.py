@@ -1,0 +1,136 @@
+"""The TRL side: ``GRPOConfig`` built from ``TrainingConfig`` (no hand-copied field list) and the GRPOTrainer
+subclass whose checkpoints really restore Qwen2.5-VL weights and MLAE adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from medloc_core.training.config import TrainingConfig, trl_field_names
+
+logger = logging.getLogger(__name__)
+
+
+def _trainer_class():
+    from trl import GRPOTrainer
+
+    class MedLocGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer with checkpoint handling that really restores Qwen2.5-VL weights and MLAE adapters."""
+
+        medloc_adapter: str = "full"
+        medloc_base_model: str | None = None
+        medloc_callback: Any = None
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            # Trainer rotates old checkpoints inside _save_checkpoint, before the callbacks' on_save writes the
+            # curriculum state, so with save_total_limit a crash right then left only an incomplete checkpoint.
+            # Save without rotating, complete the checkpoint, then rotate only if it is loadable.
+            from medloc_core import checkpoints
+
+            keep = self.args.save_total_limit
+            self.args.save_total_limit = None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = keep
+            if not self.args.should_save:
+                return
+            run_dir = Path(self._get_output_dir(trial=trial))
+            if self.medloc_callback is not None:
+                self.medloc_callback.write_state(
+                    run_dir / f"checkpoint-{self.state.global_step}", self.state.global_step
+                )
+            checkpoints.rotate(run_dir, keep)
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            if self.medloc_adapter != "mlae":
+                return super()._save(output_dir, state_dict)
+            from medloc_core import mlae
+
+            out = Path(output_dir or self.args.output_dir)
+            mlae.save_mlae(self.accelerator.unwrap_model(self.model), out, base_model=self.medloc_base_model)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(str(out))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            model = self.model if model is None else model
+            if self.medloc_adapter == "lora":  # peft adapters reload correctly through Trainer
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            if self.medloc_adapter == "mlae":
+                from medloc_core import mlae
+
+                mlae.load_mlae(self.accelerator.unwrap_model(model), resume_from_checkpoint)
+                return None
+            load_full_weights(self.accelerator.unwrap_model(model), resume_from_checkpoint)
+            return None
+
+    return MedLocGRPOTrainer
+
+
+def load_full_weights(model: Any, checkpoint_dir: str | os.PathLike) -> None:
+    """Copy a saved full model's weights into ``model`` (strict), converting legacy Qwen2.5-VL key names.
+
+    Trainer's own resume loads the checkpoint with a plain ``load_state_dict`` that does not convert the saved
+    (legacy) keys and only warns, keeping the pre-resume weights (transformers#43701); ``from_pretrained``
+    converts them.
+    """
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    fresh = type(model).from_pretrained(str(checkpoint_dir), dtype=dtype)
+    state = fresh.state_dict()
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{checkpoint_dir}: checkpoint weights do not match the model (missing {missing[:5]}, "
+            f"unexpected {list(unexpected)[:5]})"
+        )
+    del fresh
+
+
+def _mlflow_run_active() -> bool:
+    """An MLflow run this process started or entered. Not under ``accelerate launch`` (``MLFLOW_RUN_ID`` set):
+    transformers' MLflow callback would try to start that already active run again and fail."""
+    import mlflow
+
+    return mlflow.active_run() is not None and not os.environ.get("MLFLOW_RUN_ID")
+
+
+def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: list[float]):
+    """The TRL ``GRPOConfig`` for ``config``, with no hand-copied field list: every ``TrainingConfig`` field
+    whose name is also a ``GRPOConfig`` field passes through by name, then the ``trl`` block (any other
+    ``GRPOConfig`` option, as TRL names it) is applied on top, so a new TRL option takes one line of YAML.
+    Metrics go through the metrics sink; with an active MLflow run, TRL also reports to it."""
+    from trl import GRPOConfig
+
+    if config.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "TrainingConfig.use_vllm=True but vLLM is not installed here; install vllm or set it false"
+        )
+    names = trl_field_names()
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
+    shared.update(
+        # save_steps 0 means "no checkpoints" here; TRL wants a strategy and a positive interval
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps if config.save_steps > 0 else 500,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+    )
+    return GRPOConfig(
+        **shared,
+        **dict(config.trl),
+        output_dir=str(output_dir),
+        reward_weights=reward_weights,
+        # TRL's own MLflow integration logs all its metrics into the pipeline's run when one is active.
+        report_to=["mlflow"] if _mlflow_run_active() else [],
+        remove_unused_columns=False,
+        disable_tqdm=not config.progress,
+    )
