@@ -17,25 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medloc_core.modeling import QWEN25VL_CHAT_TEMPLATE, QWEN_PRETOKENIZE_REGEX
+from medloc_core.modeling import QWEN25VL_CHAT_TEMPLATE, QWEN_PRETOKENIZE_REGEX, QWEN_SPECIAL_TOKENS
 
 QWEN_BPE_SIZE = 151_643  # ranks in qwen.tiktoken; special tokens start here
-# Qwen2.5's added tokens in id order (151643 ...), the first 14 of which are modeling.QWEN_SPECIAL_TOKENS.
+# Qwen2.5's 22 added tokens in id order (151643 ...).
 QWEN25_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
+    *QWEN_SPECIAL_TOKENS,  # <|endoftext|> ... <|video_pad|>, the tokens the stand-in has too
     "<tool_call>",
     "</tool_call>",
     "<|fim_prefix|>",
