@@ -43,12 +43,14 @@ lock:
 run: setup .zen
 	$(BIN)/zenml pipeline run medloc_training $(if $(CONFIG),-c $(CONFIG))
 
-test: setup
+# `zenml init` marks the repository root as ZenML's source root (the pipeline's hooks and steps are resolved
+# against it, also from `python -c` or a notebook).
+test: setup .zen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q --timeout=900
 
-test-fast: setup
+test-fast: setup .zen
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup

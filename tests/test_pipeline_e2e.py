@@ -7,6 +7,7 @@ artifacts (plots, quarantine report, manifest) are there.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,17 @@ def env_for(tmp_path: Path, *, mlflow_uri: str | None = "") -> dict[str, str]:
     if mlflow_uri is not None:
         env["MLFLOW_TRACKING_URI"] = mlflow_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     return env
+
+
+def zenml_query(env: dict[str, str], code: str) -> object:
+    """Run ``code`` (which sets ``out``) against the ZenML store of ``env`` in a fresh interpreter and return
+    ``out``: the in-process ZenML client is a singleton bound to whichever store it saw first."""
+    script = f"import json\nfrom zenml.client import Client\n{code}\nprint(json.dumps(out))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -147,25 +159,16 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert listed.returncode == 0 and "medloc-grounder" in listed.stdout, listed.stdout + listed.stderr
-    from zenml.client import Client
-
-    os.environ.update({k: env[k] for k in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH")})
-    try:
-        zversion = Client().get_model_version("medloc-grounder")  # the latest version
-        meta = zversion.run_metadata
-        assert int(meta["mlflow_version"]) == 1
-        assert str(zversion.stage) in {
-            "production",
-            "staging",
-            "ModelStages.PRODUCTION",
-            "ModelStages.STAGING",
-        }
-        promoted = version.tags["medloc.promotion.decision"] == "promoted"
-        assert ("production" in str(zversion.stage).lower()) == promoted
-        assert zversion.data_artifact_ids  # the run's artifacts are linked to it
-    finally:
-        for key in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH"):
-            os.environ.pop(key, None)
+    model_version = zenml_query(
+        env,
+        "v = Client().get_model_version('medloc-grounder'); "
+        "out = {'mlflow_version': v.run_metadata['mlflow_version'], 'stage': str(v.stage), "
+        "'artifacts': len(v.data_artifact_ids)}",
+    )
+    assert int(model_version["mlflow_version"]) == 1
+    promoted = version.tags["medloc.promotion.decision"] == "promoted"
+    assert ("production" if promoted else "staging") in model_version["stage"].lower()
+    assert model_version["artifacts"] > 0  # the run's artifacts are linked to it
 
     # The ZenML dashboard works locally: `zenml login --local` serves this store on loopback and lists the run
     import socket
@@ -259,12 +262,9 @@ def test_a_failed_pipeline_leaves_its_mlflow_run_failed(tmp_path: Path) -> None:
     )
     assert "data/records" in run.data.metrics  # the steps before the failure logged into the same run
 
-    os.environ.update({k: env[k] for k in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH")})
-    try:
-        from zenml.client import Client
-
-        zrun = Client().get_pipeline("medloc_training").last_run
-        assert str(zrun.steps["ingest_data"].run_metadata["mlflow_run_id"]) == run.info.run_id
-    finally:
-        for key in ("ZENML_CONFIG_PATH", "ZENML_LOCAL_STORES_PATH"):
-            os.environ.pop(key, None)
+    linked = zenml_query(
+        env,
+        "r = Client().get_pipeline('medloc_training').last_run; "
+        "out = str(r.steps['ingest_data'].run_metadata['mlflow_run_id'])",
+    )
+    assert linked == run.info.run_id
