@@ -194,13 +194,24 @@ class CurriculumConfig:
 
 @runtime_checkable
 class Schedule(Protocol):
-    """What the rewards and the training loop rely on."""
+    """What the rewards and the training loop rely on (every schedule here, per-dataset ones included).
+
+    ``threshold`` is the threshold (the mean over datasets for a per-dataset schedule; None for raw IoU),
+    ``threshold_for(dataset)`` the one that scores a sample of ``dataset``; ``per_dataset`` says whether
+    ``observe`` needs the ``datasets`` of the IoUs; ``num_raises`` counts raises so far.
+    """
 
     name: str
     ge: bool
+    per_dataset: bool
 
     @property
     def threshold(self) -> float | None: ...
+
+    def threshold_for(self, dataset: str | None) -> float | None: ...
+
+    @property
+    def num_raises(self) -> int: ...
 
     @property
     def stats(self) -> dict[str, Any]: ...
@@ -210,6 +221,20 @@ class Schedule(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class _OneThreshold:
+    """The part of the :class:`Schedule` protocol that is the same for every single-threshold schedule."""
+
+    per_dataset = False
+
+    def threshold_for(self, dataset: str | None = None) -> float | None:
+        """The one threshold, whatever the dataset."""
+        return self.threshold  # type: ignore[attr-defined]
+
+    @property
+    def num_raises(self) -> int:
+        return int(self.stats.get("num_raises", 0))  # type: ignore[attr-defined]
 
 
 def _is_list(x: Any) -> bool:
@@ -276,7 +301,7 @@ def _check_state(state: Mapping[str, Any], kind: str) -> None:
         raise ValueError(f"state_dict is for a {state.get('kind')!r} schedule, cannot load into {kind!r}")
 
 
-class CurriculumScheduler:
+class CurriculumScheduler(_OneThreshold):
     """MedLoc-R1's performance-aware IoU threshold (methods.md §1(c), lines 11-18).
 
     Call :meth:`observe` once per training step with that step's IoUs (all completions, all ranks, 0 for
@@ -450,7 +475,7 @@ class CurriculumScheduler:
         }
 
 
-class FixedSchedule:
+class FixedSchedule(_OneThreshold):
     """Constant threshold (VLM-R1's binary reward; methods.md §2). ``stats``: threshold, hit_rate, iou_mean of
     the last step, raised (always False), num_raises (0)."""
 
@@ -495,7 +520,7 @@ class FixedSchedule:
         self.tau, self.ge, self._stats = float(state["tau"]), bool(state["ge"]), dict(state["stats"])
 
 
-class RawIoUSchedule:
+class RawIoUSchedule(_OneThreshold):
     """No threshold: the accuracy reward is the continuous IoU (MedLoc-R1's Raw-IoU baseline).
 
     ``threshold`` is None. ``stats``: iou_mean of the last step, raised (False), num_raises (0).
@@ -540,7 +565,7 @@ class RawIoUSchedule:
 VTRIUNE_MEDICAL_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.10, 0.50), (0.25, 0.65), (1.0, 0.75))
 
 
-class VTriuneSchedule:
+class VTriuneSchedule(_OneThreshold):
     """Progress-based threshold (V-Triune's dynamic IoU, methods.md §3): ``eps`` depends on step / total_steps.
 
     ``thresholds`` is a tuple of ``(max_progress, eps)``: eps applies while ``step / total_steps <= max_progress``;
@@ -673,6 +698,7 @@ class PerDatasetSchedule:
     factory: Callable[[], Any]
     datasets: Sequence[str]
     schedules: dict[str, Any] = field(init=False)
+    per_dataset = True
 
     def __post_init__(self) -> None:
         names = list(self.datasets)
@@ -704,6 +730,17 @@ class PerDatasetSchedule:
         """dataset -> threshold."""
         return {name: s.threshold for name, s in self.schedules.items()}
 
+    @property
+    def threshold(self) -> float | None:
+        """The mean of the datasets' thresholds (None when none has one): the run-level summary."""
+        values = [v for v in self.thresholds.values() if v is not None]
+        return float(sum(values) / len(values)) if values else None
+
+    @property
+    def num_raises(self) -> int:
+        """Raises summed over the datasets."""
+        return sum(int(s.stats.get("num_raises", 0)) for s in self.schedules.values())
+
     def observe_by_dataset(
         self, ious_by_dataset: Mapping[str, Any], step: int | None = None
     ) -> dict[str, bool]:
@@ -712,8 +749,12 @@ class PerDatasetSchedule:
             name: bool(self._get(name).observe(ious, step=step)) for name, ious in ious_by_dataset.items()
         }
 
-    def observe(self, ious: Sequence[float], step: int | None = None, *, datasets: Sequence[str]) -> bool:
+    def observe(
+        self, ious: Sequence[float], step: int | None = None, *, datasets: Sequence[str] | None = None
+    ) -> bool:
         """Feed a flat list of IoUs with the dataset of each; True when any dataset's threshold changed."""
+        if datasets is None:
+            raise ValueError("PerDatasetSchedule.observe needs the dataset of each IoU (datasets=...)")
         values, names = list(ious), list(datasets)
         if len(values) != len(names):
             raise ValueError(f"PerDatasetSchedule.observe: {len(values)} IoUs but {len(names)} dataset names")

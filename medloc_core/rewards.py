@@ -328,7 +328,7 @@ def _score_ious(
 
 
 def _thresholds(schedule: Any, datasets: list[str | None] | None, n: int, name: str) -> list[float]:
-    if hasattr(schedule, "threshold_for"):
+    if _is_per_dataset(schedule):
         assert datasets is not None
         taus = [schedule.threshold_for(d) for d in datasets]
     else:
@@ -339,7 +339,7 @@ def _thresholds(schedule: Any, datasets: list[str | None] | None, n: int, name: 
 
 
 def _is_per_dataset(schedule: Any) -> bool:
-    return hasattr(schedule, "threshold_for")
+    return bool(getattr(schedule, "per_dataset", False))
 
 
 def make_iou_threshold_reward(

@@ -498,3 +498,32 @@ def test_per_dataset_schedule():
     assert other.thresholds == pd.thresholds and other.stats == pd.stats
     with pytest.raises(ValueError, match="datasets"):
         PerDatasetSchedule(CurriculumScheduler, ["a"]).load_state_dict(pd.state_dict())
+
+
+def test_every_schedule_implements_the_same_protocol() -> None:
+    from medloc_core.curriculum import (
+        CurriculumConfig,
+        FixedSchedule,
+        PerDatasetSchedule,
+        RawIoUSchedule,
+        Schedule,
+        VTriuneSchedule,
+        make_schedule,
+    )
+
+    per = PerDatasetSchedule(lambda: FixedSchedule(0.4), ["a", "b"])
+    schedules = [
+        make_schedule("medloc", CurriculumConfig()),
+        FixedSchedule(0.5),
+        RawIoUSchedule(),
+        VTriuneSchedule(10),
+        per,
+    ]
+    for schedule in schedules:
+        assert isinstance(schedule, Schedule), type(schedule).__name__
+        assert schedule.num_raises == 0
+        assert schedule.threshold_for("a") == schedule.threshold
+    assert [s.per_dataset for s in schedules] == [False, False, False, False, True]
+    assert per.threshold == 0.4 and per.thresholds == {"a": 0.4, "b": 0.4}
+    with pytest.raises(ValueError, match="needs the dataset of each IoU"):
+        per.observe([0.5, 0.6])

@@ -116,7 +116,7 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
     # -- curriculum
     def _curriculum_metrics(self, record: Any) -> dict[str, float]:
         sched = self.schedule
-        per_dataset = hasattr(sched, "threshold_for")
+        per_dataset = sched.per_dataset
         metrics: dict[str, float] = {}
         tau_before = self._threshold()
         if tau_before is not None:
@@ -171,11 +171,8 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
         return metrics
 
     def _threshold(self) -> float | None:
-        sched = self.schedule
-        if hasattr(sched, "threshold_for"):
-            values = [v for v in sched.thresholds.values() if v is not None]
-            return float(sum(values) / len(values)) if values else None
-        return None if sched.threshold is None else float(sched.threshold)
+        threshold = self.schedule.threshold  # the mean over datasets for a per-dataset schedule
+        return None if threshold is None else float(threshold)
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()

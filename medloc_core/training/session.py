@@ -94,11 +94,7 @@ class TrainingSession:
             if len(times) > 1
             else (times[0] if times else float("nan"))
         )
-        stats = self.schedule.stats
-        if hasattr(self.schedule, "threshold_for"):
-            raises = sum(int(s.stats.get("num_raises", 0)) for s in self.schedule.schedules.values())
-        else:
-            raises = int(stats.get("num_raises", 0))
+        raises = self.schedule.num_raises
         result = TrainingResult(
             model_dir=final,
             history=history,
