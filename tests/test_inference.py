@@ -49,18 +49,6 @@ def build_answering_model(cache_dir) -> str:
     return str(out)
 
 
-@pytest.fixture(scope="session")
-def answering_model_dir(tmp_path_factory) -> str:
-    return build_answering_model(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    from medloc_core.modeling import ensure_tiny_model
-
-    return str(ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny"))
-
-
 @pytest.fixture(scope="module")
 def predictor(answering_model_dir):
     from medloc_core.inference import BoxPredictor

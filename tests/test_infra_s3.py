@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from s3_server import MlflowServer, S3Server, mlflow_s3, s3  # noqa: F401  (fixtures)
+from s3_server import MlflowServer, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 

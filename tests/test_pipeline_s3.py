@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from s3_server import MlflowServer, S3Server, mlflow_s3, s3  # noqa: F401  (fixtures)
+from s3_server import MlflowServer, S3Server
 from test_pipeline_e2e import MAX_STEPS, env_for, shrunken_config
 
 REPO = Path(__file__).resolve().parents[1]

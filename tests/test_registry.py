@@ -19,25 +19,9 @@ from medloc_core.boxes import Frame
 from medloc_core.registry import PromotionDecision, decide_promotion
 
 try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
-    from mlflow_server import mlflow_server, mlflow_server_uri  # noqa: F401
-    from test_inference import (  # noqa: F401
-        ANSWER_BOX,
-        ANSWER_STYLE,
-        QUERY,
-        answering_model_dir,
-        prepared_frame,
-        random_image,
-    )
+    from test_inference import ANSWER_BOX, ANSWER_STYLE, QUERY, prepared_frame, random_image
 except ModuleNotFoundError:  # tests/ as a package
-    from tests.mlflow_server import mlflow_server, mlflow_server_uri  # noqa: F401
-    from tests.test_inference import (  # noqa: F401
-        ANSWER_BOX,
-        ANSWER_STYLE,
-        QUERY,
-        answering_model_dir,
-        prepared_frame,
-        random_image,
-    )
+    from tests.test_inference import ANSWER_BOX, ANSWER_STYLE, QUERY, prepared_frame, random_image
 
 M = "eval/A@0.5"
 REPO = Path(__file__).resolve().parents[1]

@@ -28,11 +28,11 @@ import yaml
 from medloc_core import registry
 
 try:
-    from mlflow_server import free_port, mlflow_server, mlflow_server_uri  # noqa: F401
-    from test_inference import QUERY, random_image, tiny_model_dir  # noqa: F401
+    from mlflow_server import free_port
+    from test_inference import QUERY, random_image
 except ModuleNotFoundError:
-    from tests.mlflow_server import free_port, mlflow_server, mlflow_server_uri  # noqa: F401
-    from tests.test_inference import QUERY, random_image, tiny_model_dir  # noqa: F401
+    from tests.mlflow_server import free_port
+    from tests.test_inference import QUERY, random_image
 
 
 def _post(url: str, payload: object) -> tuple[int, str]:

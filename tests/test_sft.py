@@ -11,17 +11,10 @@ import pytest  # noqa: E402
 from medloc_core import modeling, sft, training  # noqa: E402
 
 try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
-    from test_inference import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, answering_model_dir, random_image  # noqa: F401
+    from test_inference import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, random_image
     from test_training import make_prepared
 except ModuleNotFoundError:  # tests/ as a package
-    from tests.test_inference import (  # noqa: F401
-        ANSWER_BOX,
-        ANSWER_STYLE,
-        IMAGE_SIZES,
-        QUERY,
-        answering_model_dir,
-        random_image,
-    )
+    from tests.test_inference import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, random_image
     from tests.test_training import make_prepared
 
 

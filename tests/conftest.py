@@ -1,0 +1,27 @@
+"""Fixtures shared by several test modules: real servers on loopback and the small models the tests load.
+
+Helpers (``make_prepared``, ``random_image``, ``env_for``, ...) stay in the modules that define them; the
+fixtures below are found by pytest without imports.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mlflow_server import mlflow_server, mlflow_server_uri  # noqa: F401  (session fixtures: one MLflow server)
+from s3_server import mlflow_s3, s3  # noqa: F401  (module fixtures: loopback S3 and an MLflow server on it)
+
+
+@pytest.fixture(scope="session")
+def answering_model_dir(tmp_path_factory) -> str:
+    """A stand-in trained (in code) to always answer ``ANSWER_BOX``: inference, registry and SFT tests."""
+    from test_inference import build_answering_model
+
+    return build_answering_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """The random tiny stand-in (its answers never parse)."""
+    from medloc_core.modeling import ensure_tiny_model
+
+    return str(ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny"))
