@@ -113,7 +113,7 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
         max_pixels=common.MAX_PIXELS,
     )
     processor = modeling.load_processor(str(base))
-    processor.image_processor.size = {"shortest_edge": common.MIN_PIXELS, "longest_edge": common.MAX_PIXELS}
+    modeling.set_pixel_bounds(processor, common.MIN_PIXELS, common.MAX_PIXELS)
     rows = training.train_rows(prepared)
     training.check_frames(rows, processor)
     examples = training.build_examples(rows, "answer")

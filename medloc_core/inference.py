@@ -24,14 +24,37 @@ DEFAULT_BATCH_SIZE = 4
 
 def _processor_frame_params(processor: Any) -> tuple[int, int, int, int]:
     """``(min_pixels, max_pixels, patch_size, merge_size)`` of a Qwen2/2.5-VL image processor."""
+    from medloc_core.modeling import pixel_bounds
+
     ip = processor.image_processor
-    size = getattr(ip, "size", None) or {}
-    get = size.get if isinstance(size, dict) else lambda k, d=None: getattr(size, k, d)
-    min_pixels = get("shortest_edge") or getattr(ip, "min_pixels", None)
-    max_pixels = get("longest_edge") or getattr(ip, "max_pixels", None)
-    if not min_pixels or not max_pixels:
-        raise ValueError(f"the image processor {type(ip).__name__} has no min/max pixels (size={size!r})")
-    return int(min_pixels), int(max_pixels), int(ip.patch_size), int(ip.merge_size)
+    return (*pixel_bounds(processor), int(ip.patch_size), int(ip.merge_size))
+
+
+def generate(
+    model: Any,
+    processor: Any,
+    chats: Sequence[Any],
+    images: Sequence[Any],
+    *,
+    max_new_tokens: int,
+    temperature: float | None = None,
+) -> tuple[list[str], list[list[int]]]:
+    """The one generate loop: a completion per (chat messages, PIL image), greedy (``temperature=None``) or
+    sampled; returns the decoded completions (special tokens dropped) and each image's ``(t, h, w)`` patch grid
+    (the frame the processor really used). Runs on the model's device, without gradients."""
+    import torch
+
+    texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    inputs = processor(text=texts, images=list(images), return_tensors="pt", padding=True)
+    grids = inputs["image_grid_thw"].tolist()
+    inputs = inputs.to(next(model.parameters()).device)
+    sampling = (
+        {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature}
+    )
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+    completions = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return completions, grids
 
 
 def _load_processor_for(model_dir: str | os.PathLike) -> Any:
@@ -94,15 +117,12 @@ class BoxPredictor:
         )
 
     def _generate(self, images: Sequence[Any], prompt_texts: Sequence[str]) -> tuple[list[str], list[Frame]]:
-        import torch
-
-        texts = [
-            self.processor.apply_chat_template(chat_messages(p), tokenize=False, add_generation_prompt=True)
-            for p in prompt_texts
-        ]
-        inputs = self.processor(text=texts, images=list(images), return_tensors="pt", padding=True)
+        chats = [chat_messages(p) for p in prompt_texts]
+        completions, grids = generate(
+            self.model, self.processor, chats, images, max_new_tokens=self.max_new_tokens
+        )
         frames = []
-        for img, (_, gh, gw) in zip(images, inputs["image_grid_thw"].tolist()):
+        for img, (_, gh, gw) in zip(images, grids):
             frame = self.frame_for(img.width, img.height)
             seen = (int(gw) * self.patch_size, int(gh) * self.patch_size)
             if seen != (frame.input_w, frame.input_h):  # would silently mis-scale every box
@@ -111,11 +131,6 @@ class BoxPredictor:
                     f"but smart_resize gives {frame.input_w}x{frame.input_h}"
                 )
             frames.append(frame)
-        inputs = inputs.to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        completions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         return completions, frames
 
     def predict(

@@ -164,6 +164,23 @@ def __getattr__(name: str):  # lazy: importing transformers costs seconds
     raise AttributeError(name)
 
 
+def pixel_bounds(processor: Any) -> tuple[int, int]:
+    """``(min_pixels, max_pixels)`` of a Qwen2/2.5-VL processor's resize (its ``size`` dict or attributes)."""
+    ip = processor.image_processor
+    size = getattr(ip, "size", None) or {}
+    get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
+    min_pixels = get("shortest_edge") or getattr(ip, "min_pixels", None)
+    max_pixels = get("longest_edge") or getattr(ip, "max_pixels", None)
+    if not min_pixels or not max_pixels:
+        raise ValueError(f"the image processor {type(ip).__name__} has no min/max pixels (size={size!r})")
+    return int(min_pixels), int(max_pixels)
+
+
+def set_pixel_bounds(processor: Any, min_pixels: int, max_pixels: int) -> None:
+    """Make the processor resize into ``min_pixels <= h*w <= max_pixels`` (the preprocessing's frame)."""
+    processor.image_processor.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+
+
 def _is_processor(obj: Any) -> bool:
     from transformers.processing_utils import ProcessorMixin
 

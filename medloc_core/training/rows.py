@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from medloc_core import prompts
@@ -73,18 +72,13 @@ def _load_image(path: str, size: tuple[int, int], where: str):
     return img.resize(size, Image.BICUBIC) if img.size != size else img
 
 
-def _processor_bounds(processor: Any) -> tuple[int, int]:
-    size = processor.image_processor.size
-    get = size.get if isinstance(size, Mapping) else (lambda k, d=None: getattr(size, k, d))
-    return int(get("shortest_edge")), int(get("longest_edge"))
-
-
 def check_frames(rows: Any, processor: Any) -> None:
     """Every row's input frame must be a fixed point of the processor's smart_resize, else the boxes (in that
     frame) would not match what the model sees."""
     from medloc_core.boxes import smart_resize
+    from medloc_core.modeling import pixel_bounds
 
-    min_px, max_px = _processor_bounds(processor)
+    min_px, max_px = pixel_bounds(processor)
     for i, r in rows.iterrows():
         h, w = int(r["input_height"]), int(r["input_width"])
         if smart_resize(h, w, min_pixels=min_px, max_pixels=max_px) != (h, w):

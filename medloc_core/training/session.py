@@ -212,10 +212,7 @@ def prepare_training(
     base_path = resolve_model_path(config)
     processor = modeling.load_processor(base_path)
     if config.min_pixels is not None:
-        processor.image_processor.size = {
-            "shortest_edge": config.min_pixels,
-            "longest_edge": config.max_pixels,
-        }
+        modeling.set_pixel_bounds(processor, config.min_pixels, config.max_pixels)
     check_frames(rows, processor)
     examples = build_examples(rows, config.answer_style)
 

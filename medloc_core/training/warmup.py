@@ -28,31 +28,23 @@ def generate_completions(
 ) -> list[str]:
     """One completion per example (``prompt`` messages + ``image``): sampled at ``temperature`` (MedGRPO's
     statistics), or greedy with ``temperature=None`` (the SFT early-stop check)."""
-    import torch
+    from medloc_core.inference import generate
 
-    device = next(model.parameters()).device
     out: list[str] = []
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(examples), batch_size):
             chunk = examples[i : i + batch_size]
-            texts = [
-                processor.apply_chat_template(e["prompt"], add_generation_prompt=True, tokenize=False)
-                for e in chunk
-            ]
-            enc = processor(
-                text=texts, images=[[e["image"]] for e in chunk], padding=True, return_tensors="pt"
+            texts, _ = generate(
+                model,
+                processor,
+                [e["prompt"] for e in chunk],
+                [e["image"] for e in chunk],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
             )
-            enc = {k: v.to(device) for k, v in enc.items()}
-            with torch.no_grad():
-                sampling = (
-                    {"do_sample": False}
-                    if temperature is None
-                    else {"do_sample": True, "temperature": temperature}
-                )
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling)
-            out += processor.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += texts
     finally:
         model.train(was_training)
     return out
