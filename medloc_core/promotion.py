@@ -1,0 +1,317 @@
+"""The promotion gate: the pure decision (``decide_promotion``) and the serialised read-decide-move of the
+``champion`` alias (``promote_if_better`` under ``promotion_lock``, re-checked after moving).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from medloc_core.registry import (
+    _MAX_TAG_VALUE,
+    BASE_PREFIX,
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_METRIC,
+    MODEL_NAME,
+    TAG_DECISION,
+    TAG_REASONS,
+    _client,
+    get_alias_version,
+    metrics_to_tags,
+    version_metrics,
+)
+from medloc_core.serving import (  # noqa: F401  (re-exported: the served model's public names)
+    MODEL_ARTIFACT,
+    OUTPUT_COLUMNS,
+    BadRequest,
+    MedLocGrounderModel,
+    _input_example,
+    _pip_requirements,
+    _signature,
+    encode_image,
+    load_image,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Whether to promote, and why (one human-readable sentence per check, in order)."""
+
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
+    if metrics is None or metric not in metrics:
+        return None
+    try:
+        value = float(metrics[metric])
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None  # NaN or ±inf is a broken evaluation, never a winner
+
+
+def decide_promotion(
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    base: Mapping[str, Any] | None,
+    *,
+    metric: str = DEFAULT_METRIC,
+    margin: float = 0.0,
+    require_beats_base: bool = True,
+) -> PromotionDecision:
+    """The promotion gate, as a pure function of metric dicts (keys as in ``evaluation.evaluate_ious``).
+
+    Promote iff all hold:
+
+    1. the candidate has a finite ``metric``;
+    2. with ``require_beats_base``: the base model has the metric and ``candidate > base`` (strictly);
+    3. there is no champion, or the champion has the metric and ``candidate - champion > margin`` (strictly, so a
+       tie never replaces the champion; ``margin`` is in the metric's units, e.g. percentage points for A@0.5).
+
+    A champion without the metric is not comparable: the candidate is refused (re-evaluate or force).
+    """
+    if margin < 0 or math.isnan(margin):
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    reasons: list[str] = []
+    cand = _metric_value(candidate, metric)
+    if cand is None:
+        raw = (candidate or {}).get(metric)
+        what = f"a non-finite value ({raw})" if raw is not None else "no value"
+        return PromotionDecision(False, [f"candidate has {what} for {metric}"])
+    if require_beats_base:
+        base_value = _metric_value(base, metric)
+        if base_value is None:
+            return PromotionDecision(
+                False, [f"base model has no value for {metric}; cannot check that the candidate beats it"]
+            )
+        if not cand > base_value:
+            return PromotionDecision(
+                False, [f"candidate {metric}={cand:.4g} does not beat the base model ({base_value:.4g})"]
+            )
+        reasons.append(f"candidate {metric}={cand:.4g} beats the base model ({base_value:.4g})")
+    if champion is None:
+        reasons.append("there is no current champion")
+        return PromotionDecision(True, reasons)
+    champ = _metric_value(champion, metric)
+    if champ is None:
+        reasons.append(f"the current champion has no value for {metric}; not comparable")
+        return PromotionDecision(False, reasons)
+    gain = cand - champ
+    if gain > margin:
+        reasons.append(
+            f"candidate {metric}={cand:.4g} beats the champion ({champ:.4g}) by {gain:.4g} > margin {margin:g}"
+        )
+        return PromotionDecision(True, reasons)
+    reasons.append(
+        f"candidate {metric}={cand:.4g} does not beat the champion ({champ:.4g}) by more than margin {margin:g} "
+        f"(difference {gain:.4g})"
+    )
+    return PromotionDecision(False, reasons)
+
+
+def _record_decision(client: Any, version: int, decision: PromotionDecision, *, forced: bool) -> None:
+    verdict = ("promoted" if decision.promote else "rejected") + (" (forced)" if forced else "")
+    # A readable description on the version page: the verdict and the gate's reasons.
+    client.update_model_version(
+        MODEL_NAME,
+        str(version),
+        description=f"Promotion gate: {verdict} to {CHAMPION}. "
+        + " ".join(r.rstrip(".") + "." for r in decision.reasons),
+    )
+    client.set_model_version_tag(MODEL_NAME, str(version), TAG_DECISION, verdict)
+    client.set_model_version_tag(
+        MODEL_NAME, str(version), TAG_REASONS, "; ".join(decision.reasons)[:_MAX_TAG_VALUE]
+    )
+    if mlflow.active_run() is not None:
+        text = f"{MODEL_NAME} version {version}: {verdict}\n" + "".join(f"- {r}\n" for r in decision.reasons)
+        mlflow.log_text(text, f"promotion/version_{version}.txt")
+
+
+@contextlib.contextmanager
+def promotion_lock(timeout_s: float = 300.0):
+    """Serialise read-decide-move across processes: an exclusive ``flock`` on a file next to the local
+    tracking store (``sqlite:///x.db`` -> ``x.db.promotion.lock``; a file store -> ``<dir>/.promotion.lock``);
+    for a remote server, a per-server file under ``~/.cache/medloc`` (serialises promotions on one host; across
+    hosts the re-check after moving in :func:`promote_if_better` is what keeps the better model)."""
+    import fcntl
+    import hashlib
+
+    uri = mlflow.get_registry_uri() or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :] + ".promotion.lock")
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://").removeprefix("file:")) / ".promotion.lock"
+    else:
+        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        path = Path(os.path.expanduser("~/.cache/medloc")) / f"promotion-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another promotion holds {path} for over {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def promote_if_better(
+    version: int | str,
+    *,
+    margin: float = 0.0,
+    metric: str = DEFAULT_METRIC,
+    client: Any = None,
+    require_beats_base: bool = True,
+    force: bool = False,
+    reevaluate: Callable[[Any], Mapping[str, Any]] | None = None,
+    base_metrics: Mapping[str, Any] | None = None,
+) -> PromotionDecision:
+    """Promote model ``version`` to alias ``champion`` if :func:`decide_promotion` says so.
+
+    Read (champion), decide and move (alias) run as one operation under :func:`promotion_lock`, so two
+    promotions at once cannot both decide against the same old champion. After moving, the champion alias is
+    read again: if another process moved it meanwhile (a writer the lock cannot see), the two are compared with
+    the same gate and the better one is put back (at most a few rounds). The candidate's metrics, base-model
+    metrics and evaluation-set hash come from its version tags (written by :func:`log_and_register`). The
+    champion's metrics are trusted only when its evaluation-set hash equals the candidate's; otherwise
+    ``reevaluate(champion_model_version) -> metrics`` is called when given (it must evaluate the champion on
+    the candidate's set), else the candidate is refused with that reason. ``base_metrics`` (the base model on
+    the same set) replaces the ``base/`` tags stored at registration and is then stored on the version too.
+    ``force`` promotes regardless (the reasons say what the gate would have decided). The decision is stored
+    as version tags ``medloc.promotion.decision`` / ``medloc.promotion.reasons`` and, in an active run, as the
+    text artifact ``promotion/version_<N>.txt``.
+    """
+    client = _client(client)
+    with promotion_lock():
+        decision = _promote_locked(
+            version,
+            margin=margin,
+            metric=metric,
+            client=client,
+            require_beats_base=require_beats_base,
+            force=force,
+            reevaluate=reevaluate,
+            base_metrics=base_metrics,
+        )
+        if decision.promote and not force:
+            _recheck_after_move(int(version), client, metric=metric, margin=margin)
+    return decision
+
+
+def _recheck_after_move(version: int, client: Any, *, metric: str, margin: float, rounds: int = 3) -> None:
+    """If the champion alias no longer points at ``version`` (moved by a process outside our lock), keep
+    whichever of the two the gate prefers."""
+    for _ in range(rounds):
+        time.sleep(0.2)
+        current = get_alias_version(CHAMPION, client=client)
+        if current is None or int(current.version) == version:
+            return
+        mine, _, my_hash = version_metrics(client.get_model_version(MODEL_NAME, str(version)))
+        theirs, _, their_hash = version_metrics(current)
+        if my_hash != their_hash:
+            return  # not comparable here; the other promotion's own gate decided
+        gate = decide_promotion(mine, theirs, None, metric=metric, margin=margin, require_beats_base=False)
+        if not gate.promote:
+            return
+        logger.warning(
+            "champion moved to version %s during the promotion of version %d, which is better: moving it back",
+            current.version,
+            version,
+        )
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+
+
+def _promote_locked(
+    version: int | str,
+    *,
+    margin: float,
+    metric: str,
+    client: Any,
+    require_beats_base: bool,
+    force: bool,
+    reevaluate: Callable[[Any], Mapping[str, Any]] | None,
+    base_metrics: Mapping[str, Any] | None,
+) -> PromotionDecision:
+    """Read the champion, decide and move the alias (the caller holds :func:`promotion_lock`)."""
+    client = _client(client)
+    version = int(version)
+    candidate = client.get_model_version(MODEL_NAME, str(version))
+    cand_metrics, stored_base, cand_hash = version_metrics(candidate)
+    if base_metrics is not None:
+        for key, value in metrics_to_tags(base_metrics, BASE_PREFIX).items():
+            client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+    else:
+        base_metrics = stored_base
+    champion = get_alias_version(CHAMPION, client=client)
+
+    decision: PromotionDecision
+    if champion is not None and int(champion.version) == version:
+        decision = PromotionDecision(False, [f"version {version} is already the champion"])
+        _record_decision(client, version, decision, forced=False)
+        return decision
+    champ_metrics: dict[str, Any] | None = None
+    notes: list[str] = []
+    comparable = True
+    if champion is not None:
+        champ_metrics, _, champ_hash = version_metrics(champion)
+        notes.append(f"current champion is version {champion.version}")
+        if champ_hash != cand_hash:
+            if reevaluate is not None:
+                champ_metrics = dict(reevaluate(champion))
+                notes.append(
+                    f"champion was evaluated on set {champ_hash}, candidate on {cand_hash}: re-evaluated the champion"
+                )
+            else:
+                comparable = False
+                notes.append(
+                    f"champion was evaluated on eval set {champ_hash}, candidate on {cand_hash}: its numbers are "
+                    "not comparable; re-evaluate the champion on this set or promote with --force"
+                )
+    if comparable:
+        gate = decide_promotion(
+            cand_metrics,
+            champ_metrics if champion is not None else None,
+            base_metrics,
+            metric=metric,
+            margin=margin,
+            require_beats_base=require_beats_base,
+        )
+    else:
+        gate = PromotionDecision(False, [])
+    decision = PromotionDecision(gate.promote, notes + gate.reasons)
+    if force and not decision.promote:
+        decision = PromotionDecision(True, ["forced by the operator; the gate said:", *decision.reasons])
+    _record_decision(client, version, decision, forced=force and not gate.promote)
+    if decision.promote:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+        logger.info("promoted %s version %d to %s", MODEL_NAME, version, CHAMPION)
+    else:
+        logger.info(
+            "kept %s version %d as %s: %s", MODEL_NAME, version, CHALLENGER, "; ".join(decision.reasons)
+        )
+    return decision
+
+
+def decision_json(decision: PromotionDecision) -> str:
+    """The decision as one JSON line (for the CLI and step outputs)."""
+    return json.dumps({"promote": decision.promote, "reasons": decision.reasons})
