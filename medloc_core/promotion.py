@@ -315,3 +315,52 @@ def _promote_locked(
 def decision_json(decision: PromotionDecision) -> str:
     """The decision as one JSON line (for the CLI and step outputs)."""
     return json.dumps({"promote": decision.promote, "reasons": decision.reasons})
+
+
+def register_and_promote(
+    model_dir: Any,
+    metrics: Mapping[str, Any],
+    base_metrics: Mapping[str, Any] | None,
+    *,
+    run_id: str,
+    eval_set_hash: str,
+    answer_style: str,
+    history_tail: list[Mapping[str, Any]],
+    settings: Any,
+) -> dict[str, Any]:
+    """A pipeline run's registration: refuse a broken model (``registry.registration_blockers``, tagged on the
+    run), else register it as ``challenger`` and pass it through the gate. ``settings`` is a
+    ``config.RegistrationConfig``. Returns ``{registered, promoted, reasons[, model_name, version]}``."""
+    import mlflow
+
+    from medloc_core import registry
+
+    if not settings.register_model:
+        return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
+    blockers = registry.registration_blockers(metrics, history_tail)
+    if blockers:
+        mlflow.set_tag(registry.TAG_SKIPPED, "; ".join(blockers))
+        logger.warning("Registration skipped, the model is broken: %s", "; ".join(blockers))
+        return {"registered": False, "promoted": False, "reasons": blockers}
+    version = registry.log_and_register(
+        model_dir,
+        metrics,
+        run_id=run_id,
+        eval_set_hash=eval_set_hash,
+        base_metrics=base_metrics or None,
+        answer_style=answer_style,
+    )
+    decision = promote_if_better(
+        version,
+        margin=settings.margin,
+        metric=settings.metric,
+        require_beats_base=settings.require_beats_base,
+        base_metrics=base_metrics or None,
+    )
+    return {
+        "registered": True,
+        "model_name": MODEL_NAME,
+        "version": int(version),
+        "promoted": bool(decision.promote),
+        "reasons": list(decision.reasons),
+    }

@@ -7,6 +7,7 @@ tiny model. ``MLFLOW_TRACKING_URI``, when set, always wins.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -139,3 +140,78 @@ def log_history_rows(rows: Iterable[Mapping[str, Any]], *, up_to_step: int) -> i
     for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
         client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
     return count
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+SUMMARY_KEYS = ("steps", "final_threshold", "num_raises", "seconds_per_step", "peak_rss_mb")
+
+
+def flatten_params(prefix: str, value: Any, out: dict[str, str] | None = None) -> dict[str, str]:
+    """Nested settings -> ``{"prefix.key.sub": "value"}`` MLflow params (lists as JSON)."""
+    out = {} if out is None else out
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flatten_params(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+def log_training_config(config: Any, accelerate: Mapping[str, Any] | None, manifest_hash: str) -> None:
+    """The resolved training config as params: every ``TrainingConfig`` field after defaults, the curriculum's
+    and the ``accelerate`` block, plus the dataset manifest hash."""
+    import dataclasses
+
+    import mlflow
+
+    resolved = config.to_dict()
+    resolved["curriculum"] = dataclasses.asdict(config.curriculum_config())
+    if accelerate:
+        resolved["accelerate"] = dict(accelerate)
+    params = flatten_params("training", resolved)
+    params["data.manifest_hash"] = manifest_hash
+    mlflow.log_params(params)
+
+
+def log_training_result(result: Mapping[str, Any], folder: Path, schedule: str) -> dict[str, Any]:
+    """Log a finished training into the active run and return its summary: the steps a crashed run logged
+    (after a resume), the plots, ``history.jsonl``, the SFT warm-up's loss curve and val checks, the summary
+    metrics; the summary carries the last steps' dead-group rates for the registration gate."""
+    import mlflow
+
+    from medloc_core import plots
+    from medloc_core.registry import DEAD_TAIL_STEPS
+
+    if result.get("resumed_from"):
+        # Steps before the crash went to the crashed run's MLflow run; copy them so this trace is complete.
+        resumed_step = int(Path(result["resumed_from"]).name.split("-")[-1])
+        copied = log_history_rows(result["history"], up_to_step=resumed_step)
+        logger.info(
+            "resumed from %s: copied %d earlier steps into this MLflow run", result["resumed_from"], copied
+        )
+    for name, make in (
+        ("rewards.png", plots.plot_rewards),
+        ("curriculum.png", plots.plot_curriculum),
+        ("dead_groups.png", plots.plot_dead_groups),
+    ):
+        mlflow.log_figure(make(result["history"]), f"plots/{name}")
+    mlflow.log_artifact(str(Path(folder) / "history.jsonl"), artifact_path="training")
+    sft = dict(result.get("sft") or {})
+    losses = sft.pop("losses", None) or []
+    if losses:  # the SFT warm-up's learning curve, one point per SFT step, and its early-stop checks
+        rows = [{"step": i, "sft/loss": v} for i, v in enumerate(losses, start=1)]
+        rows += [{"step": int(step), "sft/val_hit_rate": v} for step, v in sft.get("val_checks") or []]
+        log_history_rows(rows, up_to_step=len(losses))
+    summary: dict[str, Any] = {key: result[key] for key in SUMMARY_KEYS}
+    summary["schedule"] = schedule
+    summary["sft"] = sft or None
+    mlflow.log_metrics(
+        {f"train/summary/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
+    )
+    summary["history_tail"] = [
+        {"step": r.get("step"), "train/frac_reward_zero_std": r.get("train/frac_reward_zero_std")}
+        for r in result["history"][-DEAD_TAIL_STEPS:]
+    ]
+    return summary

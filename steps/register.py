@@ -28,8 +28,8 @@ def register_model(
     """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
     import mlflow
 
-    from medloc_core import registry
     from medloc_core.config import RegistrationConfig
+    from medloc_core.promotion import register_and_promote
 
     settings = RegistrationConfig.model_validate(config or {})
     folder = run_folder("registration")
@@ -40,47 +40,25 @@ def register_model(
         quarantine.to_csv(folder / "quarantine.csv", index=False)
         mlflow.log_artifact(str(folder / "quarantine.csv"), artifact_path="data")
         mlflow.log_dict(manifest, "data/manifest.json")
-        if not settings.register_model:
-            return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
-        blockers = registry.registration_blockers(metrics, training_summary.get("history_tail", []))
-        if blockers:
-            reason = "; ".join(blockers)
-            mlflow.set_tag(registry.TAG_SKIPPED, reason)
-            logger.warning("Registration skipped, the model is broken: %s", reason)
-            return {"registered": False, "promoted": False, "reasons": blockers}
-        # Serve with the prompt the model was trained and evaluated with (the preprocessing's answer style).
-        options = manifest.get("options", manifest)
-        answer_style = options.get("answer_style") or "think"
-        version = registry.log_and_register(
+        result = register_and_promote(
             model_dir,
             metrics,
+            base_metrics,
             run_id=run.info.run_id,
             eval_set_hash=eval_set_hash,
-            base_metrics=base_metrics or None,
-            answer_style=answer_style,
+            # serve with the prompt the model was trained and evaluated with (the preprocessing's answer style)
+            answer_style=manifest.get("options", manifest).get("answer_style") or "think",
+            history_tail=training_summary.get("history_tail", []),
+            settings=settings,
         )
-        decision = registry.promote_if_better(
-            version,
-            margin=settings.margin,
-            metric=settings.metric,
-            require_beats_base=settings.require_beats_base,
-            base_metrics=base_metrics or None,
+    if result["registered"]:
+        _link_control_plane(result["version"], result["promoted"], result["reasons"], metrics)
+        logger.info(
+            "Registered version %s; champion: %s (%s)",
+            result["version"],
+            result["promoted"],
+            "; ".join(result["reasons"]),
         )
-    _link_control_plane(int(version), bool(decision.promote), list(decision.reasons), metrics)
-    result = {
-        "registered": True,
-        "model_name": registry.MODEL_NAME,
-        "version": int(version),
-        "promoted": bool(decision.promote),
-        "reasons": list(decision.reasons),
-    }
-    logger.info(
-        "Registered %s version %s; promoted to champion: %s (%s)",
-        registry.MODEL_NAME,
-        version,
-        decision.promote,
-        "; ".join(decision.reasons),
-    )
     return result
 
 
