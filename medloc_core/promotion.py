@@ -31,17 +31,6 @@ from medloc_core.registry import (
     metrics_to_tags,
     version_metrics,
 )
-from medloc_core.serving import (  # noqa: F401  (re-exported: the served model's public names)
-    MODEL_ARTIFACT,
-    OUTPUT_COLUMNS,
-    BadRequest,
-    MedLocGrounderModel,
-    _input_example,
-    _pip_requirements,
-    _signature,
-    encode_image,
-    load_image,
-)
 
 logger = logging.getLogger(__name__)
 
