@@ -1,23 +1,43 @@
-"""The pipeline's five parameter blocks as typed configs, validated once, before any step runs.
+"""The pipeline's five parameter blocks as typed configs: the pipeline's and the steps' parameter types.
 
-``validate_parameters(data=..., preprocessing=..., training=..., evaluation=..., registration=...)`` checks every
-key and value of a run config and raises :class:`ConfigError` naming the offending path (for example
-``training.curriculum.tau_0: unknown key``). The pipeline calls it while ZenML composes the run, so a typo fails
-in seconds with no step started.
+ZenML validates a run config's ``parameters:`` against these models while it composes the run, so an unknown or
+mistyped key anywhere (``extra="forbid"``) fails in seconds, named by its path (``training.curriculum.tau_0``),
+before any step starts. ``medloc train --config`` reads the same :class:`TrainingParams`.
 
-One home per default: the preprocessing block's fields and defaults come from ``data.preprocess.preprocess``'s
-signature, the training block is ``training.TrainingConfig`` (with ``curriculum.CurriculumConfig`` inside), the
-data block's quarantine limit is ``data.records.DEFAULT_MAX_QUARANTINE_FRACTION``; evaluation and registration
-defaults live here and the steps read them from these models.
+One home per default: the preprocessing block is generated from ``data.preprocess.preprocess``'s keyword
+arguments, the training block from the ``training.TrainingConfig`` dataclass (its curriculum from
+``curriculum.CurriculumConfig``), the data block's quarantine limit is ``data.records.DEFAULT_MAX_QUARANTINE_
+FRACTION``; evaluation and registration defaults live here.
+
+Settings that must agree between stages travel with the data: answer style and the processor's pixel bounds (the
+input frame of the boxes) are the preprocessing's, read back from the manifest by training, evaluation (the
+prompts are in the prepared table) and registration (the served model's prompt). :func:`check_agreement` refuses
+a training block that states them differently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import typing
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from medloc_core.curriculum import CurriculumConfig
+from medloc_core.data.preprocess import preprocess
+from medloc_core.data.readers import FORMATS
+from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION, SPLITS
+from medloc_core.training.config import TrainingConfig
 
 
 class ConfigError(ValueError):
@@ -26,6 +46,123 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+class SourceConfig(_Strict):
+    """One dataset of the ``data.sources`` list: a reader format and the folder as downloaded."""
+
+    format: str
+    root: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    synth: dict[str, Any] | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}; choose one of {FORMATS}")
+        return value
+
+
+class DataConfig(_Strict):
+    """``data:`` block: the sources (None: the bundled synthetic set) and the share of input rows that may be
+    quarantined."""
+
+    sources: list[SourceConfig] | None = None
+    max_quarantine_fraction: float = Field(default=DEFAULT_MAX_QUARANTINE_FRACTION, ge=0.0, le=1.0)
+
+
+# --------------------------------------------------------------------------------------- preprocessing
+
+
+def _fields_of_signature(function: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(function)
+    return {
+        name: (hints.get(name, Any), param.default)
+        for name, param in inspect.signature(function).parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+#: ``preprocessing:`` block: ``preprocess``'s keyword arguments and their defaults (pixels are areas in px²).
+PreprocessingConfig = create_model(
+    "PreprocessingConfig", __base__=_Strict, __module__=__name__, **_fields_of_signature(preprocess)
+)
+
+
+def preprocess_kwargs(config: BaseModel) -> dict[str, Any]:
+    """A validated preprocessing block as ``preprocess``'s keyword arguments."""
+    settings = config.model_dump()
+    if settings.get("split_fractions") is not None:
+        settings["split_fractions"] = tuple(settings["split_fractions"])
+    return settings
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def _fields_of_dataclass(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (hints[f.name], f.default)
+        else:
+            fields[f.name] = (hints[f.name], Field(default_factory=f.default_factory))
+    return fields
+
+
+#: ``training.curriculum:`` block: ``CurriculumConfig``'s fields and defaults (thresholds are IoUs in [0, 1]).
+CurriculumParams = create_model(
+    "CurriculumParams", __base__=_Strict, __module__=__name__, **_fields_of_dataclass(CurriculumConfig)
+)
+
+
+class AccelerateConfig(_Strict):
+    """``training.accelerate:`` block: ``accelerate launch`` options for multi-GPU training."""
+
+    num_processes: int = Field(default=1, ge=1)
+    mixed_precision: typing.Literal["no", "fp16", "bf16", "fp8"] | None = None
+    main_process_port: int | None = Field(default=None, ge=1, le=65535)
+    num_machines: int | None = Field(default=None, ge=1)
+    cpu: bool = False
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class _TrainingBase(_Strict):
+    @model_validator(mode="after")
+    def _dataclass_rules(self) -> _TrainingBase:
+        # The cross-field rules (batch a multiple of the group, curriculum only for `medloc`, the TRL block...)
+        # live once, in TrainingConfig and CurriculumConfig; run them here so they fail at parse time too.
+        self.training_config().curriculum_config()
+        return self
+
+    def training_config(self, **overrides: Any) -> TrainingConfig:
+        """The ``TrainingConfig`` this block describes (``overrides`` replace fields)."""
+        values = self.model_dump(exclude={"accelerate", "curriculum"})
+        # Only what differs from CurriculumConfig's defaults (an empty block is no block, for any schedule).
+        values["curriculum"] = self.curriculum.model_dump(exclude_defaults=True) if self.curriculum else {}
+        return TrainingConfig(**{**values, **overrides})
+
+
+#: ``training:`` block: every ``TrainingConfig`` field (defaults there), ``curriculum`` (None: the curriculum's
+#: defaults) and ``accelerate`` (None: train in the step's own process).
+TrainingParams = create_model(
+    "TrainingParams",
+    __base__=_TrainingBase,
+    __module__=__name__,
+    **_fields_of_dataclass(TrainingConfig, skip=("curriculum",)),
+    curriculum=(CurriculumParams | None, None),
+    accelerate=(AccelerateConfig | None, None),
+)
+
+
+# ---------------------------------------------------------------------------------- evaluation, registry
 
 
 class EvaluationConfig(_Strict):
@@ -40,8 +177,6 @@ class EvaluationConfig(_Strict):
     @field_validator("split")
     @classmethod
     def _known_split(cls, value: str) -> str:
-        from medloc_core.data.records import SPLITS
-
         if value not in SPLITS:
             raise ValueError(f"must be one of {SPLITS}")
         return value
@@ -59,56 +194,30 @@ class RegistrationConfig(_Strict):
     require_beats_base: bool = True
 
 
-class SourceConfig(_Strict):
-    """One dataset of the ``data.sources`` list: a reader format and the folder as downloaded."""
-
-    format: str
-    root: str
-    options: dict[str, Any] = Field(default_factory=dict)
-    synth: dict[str, Any] | None = None
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, value: str) -> str:
-        from medloc_core.data.readers import FORMATS
-
-        if value not in FORMATS:
-            raise ValueError(f"unknown format {value!r}; choose one of {FORMATS}")
-        return value
+# ------------------------------------------------------------------------------------------ the whole
 
 
-def _default_quarantine_fraction() -> float:
-    from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION
+#: Training fields whose values are the preprocessing's (they travel in the manifest).
+FROM_PREPROCESSING = ("answer_style", "min_pixels", "max_pixels")
 
-    return DEFAULT_MAX_QUARANTINE_FRACTION
-
-
-class DataConfig(_Strict):
-    """``data:`` block: the sources and the share of input rows that may be quarantined."""
-
-    sources: list[SourceConfig] | None = None
-    max_quarantine_fraction: float = Field(default_factory=_default_quarantine_fraction, ge=0.0, le=1.0)
-
-
-def _preprocessing_model() -> type[BaseModel]:
-    """A strict model whose fields and defaults are ``preprocess``'s keyword arguments (one home)."""
-    from medloc_core.data.preprocess import preprocess
-
-    fields: dict[str, Any] = {}
-    for name, param in inspect.signature(preprocess).parameters.items():
-        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
-            continue
-        annotation = param.annotation if not isinstance(param.annotation, str) else Any
-        fields[name] = (annotation, param.default)
-    return create_model("PreprocessingConfig", __base__=_Strict, **fields)
+BLOCKS: dict[str, type[BaseModel]] = {
+    "data": DataConfig,
+    "preprocessing": PreprocessingConfig,
+    "training": TrainingParams,
+    "evaluation": EvaluationConfig,
+    "registration": RegistrationConfig,
+}
 
 
-def preprocessing_config(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``preprocessing:`` block validated and completed with ``preprocess``'s defaults, as its kwargs."""
-    settings = _check("preprocessing", _preprocessing_model(), value).model_dump()
-    if settings.get("split_fractions") is not None:
-        settings["split_fractions"] = tuple(settings["split_fractions"])
-    return settings
+def check_agreement(preprocessing: BaseModel, training: BaseModel) -> None:
+    """Refuse a training block that states an answer style or pixel bounds other than the preprocessing's:
+    training reads them from the manifest, so a different value there would be silently overridden."""
+    for name in FROM_PREPROCESSING:
+        if name in training.model_fields_set and getattr(training, name) != getattr(preprocessing, name):
+            raise ConfigError(
+                f"training.{name}: {getattr(training, name)!r} differs from preprocessing.{name} "
+                f"({getattr(preprocessing, name)!r}); it comes from the preprocessing, leave it out of training"
+            )
 
 
 def _errors(block: str, exc: ValidationError) -> ConfigError:
@@ -120,7 +229,11 @@ def _errors(block: str, exc: ValidationError) -> ConfigError:
     return ConfigError("invalid run config: " + "; ".join(lines))
 
 
-def _check(block: str, model: type[BaseModel], value: Mapping[str, Any] | None) -> BaseModel:
+def parse_block(block: str, value: Mapping[str, Any] | BaseModel | None) -> BaseModel:
+    """One block (``"training"``, ...) as its model; raises :class:`ConfigError` naming the key path."""
+    model = BLOCKS[block]
+    if isinstance(value, model):
+        return value
     if value is not None and not isinstance(value, Mapping):
         raise ConfigError(f"{block}: must be a mapping of settings, got {type(value).__name__}")
     try:
@@ -129,46 +242,11 @@ def _check(block: str, model: type[BaseModel], value: Mapping[str, Any] | None) 
         raise _errors(block, exc) from None
 
 
-def _check_training(value: Mapping[str, Any] | None) -> Any:
-    from medloc_core.curriculum import CurriculumConfig
-    from medloc_core.training import TrainingConfig
-
-    if value is not None and not isinstance(value, Mapping):
-        raise ConfigError(f"training: must be a mapping of settings, got {type(value).__name__}")
-    training = dict(value or {})
-    accelerate = training.pop("accelerate", None)
-    if accelerate is not None and not isinstance(accelerate, Mapping):
-        raise ConfigError("training.accelerate: must be a mapping (num_processes, mixed_precision, ...)")
-    curriculum = training.get("curriculum") or {}
-    if not isinstance(curriculum, Mapping):
-        raise ConfigError("training.curriculum: must be a mapping of CurriculumConfig fields")
-    known = set(inspect.signature(CurriculumConfig).parameters)
-    unknown = sorted(set(curriculum) - known)
+def validate_parameters(**blocks: Mapping[str, Any] | BaseModel | None) -> dict[str, BaseModel]:
+    """Validate the blocks of a run config (all five when given none); return the typed configs."""
+    unknown = sorted(set(blocks) - set(BLOCKS))
     if unknown:
-        raise ConfigError(
-            f"training.curriculum.{unknown[0]}: unknown key (valid: {', '.join(sorted(known))})"
-        )
-    try:
-        config = TrainingConfig.from_dict(training)
-        config.curriculum_config()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"training: {exc}") from None
-    return config
-
-
-def validate_parameters(
-    *,
-    data: Mapping[str, Any] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
-    training: Mapping[str, Any] | None = None,
-    evaluation: Mapping[str, Any] | None = None,
-    registration: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Validate the five blocks of a run config; return the typed configs. Raises :class:`ConfigError`."""
-    return {
-        "data": _check("data", DataConfig, data),
-        "preprocessing": _check("preprocessing", _preprocessing_model(), preprocessing),
-        "training": _check_training(training),
-        "evaluation": _check("evaluation", EvaluationConfig, evaluation),
-        "registration": _check("registration", RegistrationConfig, registration),
-    }
+        raise ConfigError(f"{unknown[0]}: unknown parameter block (valid: {', '.join(BLOCKS)})")
+    parsed = {name: parse_block(name, blocks.get(name)) for name in BLOCKS}
+    check_agreement(parsed["preprocessing"], parsed["training"])
+    return parsed

@@ -83,7 +83,11 @@ def launch_training(
     ]
     env = dict(os.environ)
     if mlflow_run_id:
+        import mlflow
+
+        # The children log into the step's run on the stack tracker's store (set in-process, not in the env).
         env["MLFLOW_RUN_ID"] = mlflow_run_id
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     logger.info("launching: %s", shlex.join(command))
     code = subprocess.call(command, env=env)
     if code != 0:

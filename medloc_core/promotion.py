@@ -314,11 +314,13 @@ def register_and_promote(
     run_id: str,
     eval_set_hash: str,
     answer_style: str,
+    max_new_tokens: int,
     history_tail: list[Mapping[str, Any]],
     settings: Any,
 ) -> dict[str, Any]:
     """A pipeline run's registration: refuse a broken model (``registry.registration_blockers``, tagged on the
-    run), else register it as ``challenger`` and pass it through the gate. ``settings`` is a
+    run), else register it as ``challenger`` (served with the prompt style and generation length it was
+    evaluated with) and pass it through the gate. ``settings`` is a
     ``config.RegistrationConfig``. Returns ``{registered, promoted, reasons[, model_name, version]}``."""
     import mlflow
 
@@ -338,6 +340,7 @@ def register_and_promote(
         eval_set_hash=eval_set_hash,
         base_metrics=base_metrics or None,
         answer_style=answer_style,
+        max_new_tokens=max_new_tokens,
     )
     decision = promote_if_better(
         version,

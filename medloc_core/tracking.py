@@ -11,8 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +53,15 @@ def tracking_uri() -> str:
     return f"sqlite:///{db}"
 
 
-def configure_mlflow(experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at :func:`tracking_uri` and make sure the experiment exists; return its id.
+def configure_mlflow(experiment: str = EXPERIMENT, uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (default :func:`tracking_uri`) and make sure the experiment exists; return its id.
 
     With a local SQLite store the experiment is created with an artifact location under ``MEDLOC_HOME``:
     MLflow's default would be ``./mlruns`` in whatever the working directory happens to be.
     """
     import mlflow
 
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
@@ -83,34 +82,6 @@ def configure_mlflow(experiment: str = EXPERIMENT) -> str:
     )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-@contextmanager
-def pipeline_run(run_key: str, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Start or resume the single MLflow run that belongs to one pipeline run.
-
-    ``run_key`` identifies the pipeline run (the ZenML run id); every step that enters this context with the same
-    key logs into the same MLflow run. If an MLflow run is already active (ZenML's MLflow experiment tracker
-    started it), that run is used as is.
-    """
-    import mlflow
-
-    active = mlflow.active_run()
-    if active is not None:
-        mlflow.set_tag(RUN_ID_TAG, run_key)
-        yield active
-        return
-    experiment_id = configure_mlflow()
-    found = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{RUN_ID_TAG}` = '{run_key}'",
-        output_format="list",
-        max_results=1,
-    )
-    run_id = found[0].info.run_id if found else None
-    all_tags = {RUN_ID_TAG: run_key, **dict(tags or {})}
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=all_tags) as run:
-        yield run
 
 
 def log_history_rows(rows: Iterable[Mapping[str, Any]], *, up_to_step: int) -> int:

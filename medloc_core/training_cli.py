@@ -139,9 +139,14 @@ def _parent_mlflow_run() -> Iterator[None]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medloc_core.training import TrainingConfig, train
+    from medloc_core.config import parse_block
+    from medloc_core.training import train
 
-    config = TrainingConfig.from_dict(load_training_config(args.config, args.overrides))
+    # The pipeline's own `training:` block model: the same keys, defaults and checks as a pipeline run.
+    params = parse_block("training", load_training_config(args.config, args.overrides))
+    if params.accelerate is not None:
+        raise ValueError("training.accelerate: run `accelerate launch -m medloc_core.cli train ...` instead")
+    config = params.training_config()
     df = read_table(args.data)
     with _parent_mlflow_run():
         result = train(df, config, args.out, resume=not args.no_resume)

@@ -2,9 +2,9 @@
 
 Run it with ``zenml pipeline run medloc_training`` from the repository root: with no ``-c`` it runs the embedded
 default, ``configs/medloc_training_local.yaml`` (the local CPU recipe, exactly what ``make run`` runs); ``-c`` selects
-another recipe. From Python: ``medloc_training()`` or ``medloc_training.with_options(config_path=...)()``. Every
-argument is a plain dict taken from the YAML config's ``parameters:`` block; an argument left out (``None``) takes
-that block of the embedded default.
+another recipe. From Python: ``medloc_training()`` or ``medloc_training.with_options(config_path=...)()``. Each
+argument is a typed block (``medloc_core.config``) that ZenML validates from the YAML config's ``parameters:`` before
+any step runs; an argument left out (``None``) takes that block of the embedded default.
 """
 
 from __future__ import annotations
@@ -15,16 +15,24 @@ import yaml
 from zenml import Model, pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
-from medloc_core.config import validate_parameters
-from medloc_core.tracking import export_medloc_home
+from medloc_core import config
+from medloc_core.config import (
+    DataConfig,
+    EvaluationConfig,
+    PreprocessingConfig,
+    RegistrationConfig,
+    TrainingParams,
+)
+from medloc_core.tracking import export_medloc_home, medloc_home
 from steps.evaluate import evaluate_model
 from steps.ingest import ingest_data
-from steps.mlflow_run import mark_mlflow_run_failed
+from steps.mlflow_run import TRACKER_SETTINGS, ensure_embedded_stack, prepare_experiment, tag_failure
 from steps.preprocess import preprocess_data
 from steps.register import register_model
 from steps.train import train_model
 
 export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
+ensure_embedded_stack()  # before ZenML compiles against the active stack: the embedded one has the MLflow tracker
 
 EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_training_local.yaml"
 
@@ -46,29 +54,32 @@ MODEL = Model(
 )
 
 
-@pipeline(name="medloc_training", enable_cache=False, model=MODEL, on_failure=mark_mlflow_run_failed)
+@pipeline(
+    name="medloc_training",
+    enable_cache=False,
+    model=MODEL,
+    settings=TRACKER_SETTINGS,
+    on_failure=tag_failure,
+)
 def medloc_training(
-    data: dict | None = None,
-    preprocessing: dict | None = None,
-    training: dict | None = None,
-    evaluation: dict | None = None,
-    registration: dict | None = None,
+    data: DataConfig | None = None,
+    preprocessing: PreprocessingConfig | None = None,
+    training: TrainingParams | None = None,
+    evaluation: EvaluationConfig | None = None,
+    registration: RegistrationConfig | None = None,
 ) -> None:
     """Train a grounding VLM with the MedLoc-R1 curriculum and register it behind a promotion gate."""
     embedded = embedded_parameters()
-    data = embedded["data"] if data is None else data
-    preprocessing = embedded["preprocessing"] if preprocessing is None else preprocessing
-    training = embedded["training"] if training is None else training
-    evaluation = embedded["evaluation"] if evaluation is None else evaluation
-    registration = embedded["registration"] if registration is None else registration
-    # Every key and value is checked here, while ZenML composes the run: a typo fails before any step starts.
-    validate_parameters(
-        data=data,
-        preprocessing=preprocessing,
-        training=training,
-        evaluation=evaluation,
-        registration=registration,
-    )
+    data = data or config.parse_block("data", embedded["data"])
+    preprocessing = preprocessing or config.parse_block("preprocessing", embedded["preprocessing"])
+    training = training or config.parse_block("training", embedded["training"])
+    evaluation = evaluation or config.parse_block("evaluation", embedded["evaluation"])
+    registration = registration or config.parse_block("registration", embedded["registration"])
+    config.check_agreement(preprocessing, training)  # still composing the run: no step has started
+    if "tiny_model_dir" not in training.model_fields_set:  # the offline stand-in is built under MEDLOC_HOME
+        training = training.model_copy(update={"tiny_model_dir": str(medloc_home() / "models")})
+    prepare_experiment()
+
     records, quarantine, ingest_report = ingest_data(config=data)
     prepared, manifest = preprocess_data(records=records, ingest_report=ingest_report, config=preprocessing)
     model_dir, base_model, training_summary = train_model(
@@ -86,4 +97,5 @@ def medloc_training(
         quarantine=quarantine,
         training_summary=training_summary,
         config=registration,
+        max_new_tokens=evaluation.max_new_tokens,
     )

@@ -9,52 +9,51 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from steps.mlflow_run import run_folder, step_mlflow_run
+from medloc_core.config import EvaluationConfig
+from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
 
 
-@step
+@step(experiment_tracker=True)
 def evaluate_model(
-    prepared: pd.DataFrame, model_dir: Path, base_model: str, config: dict | None = None
+    prepared: pd.DataFrame, model_dir: Path, base_model: str, config: EvaluationConfig
 ) -> tuple[Annotated[dict, "metrics"], Annotated[dict, "base_metrics"], Annotated[str, "eval_set_hash"]]:
     """Evaluate on the held-out split; log metrics, predictions and a grid of boxes drawn on test images."""
     import mlflow
 
-    from medloc_core.config import EvaluationConfig
     from medloc_core.evaluation import eval_set_hash, log_prediction_grid, mlflow_metrics, paired_gain
     from medloc_core.evaluation import evaluate_model as evaluate
 
-    settings = EvaluationConfig.model_validate(config or {})
-    split = settings.split
-    options = settings.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})
+    split = config.split
+    options = config.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})
     folder = run_folder("evaluation")
-    with step_mlflow_run():
-        mlflow.log_params({f"evaluation.{k}": str(v) for k, v in settings.model_dump().items()})
-        metrics, predictions = evaluate(str(model_dir), prepared, **options)
-        # MLflow forbids "@" in metric names: eval/A@0.5 is logged as eval/A_at_0.5 (evaluation.mlflow_key).
-        mlflow.log_metrics(mlflow_metrics(metrics))
-        predictions.to_csv(folder / "predictions.csv", index=False)
-        mlflow.log_artifact(str(folder / "predictions.csv"), artifact_path="evaluation")
-        log_prediction_grid(prepared, predictions, folder / "test_predictions.png")
-        mlflow.log_artifact(str(folder / "test_predictions.png"), artifact_path="plots")
+    pipeline_mlflow_run()
+    mlflow.log_params({f"evaluation.{k}": str(v) for k, v in config.model_dump().items()})
+    metrics, predictions = evaluate(str(model_dir), prepared, **options)
+    # MLflow forbids "@" in metric names: eval/A@0.5 is logged as eval/A_at_0.5 (evaluation.mlflow_key).
+    mlflow.log_metrics(mlflow_metrics(metrics))
+    predictions.to_csv(folder / "predictions.csv", index=False)
+    mlflow.log_artifact(str(folder / "predictions.csv"), artifact_path="evaluation")
+    log_prediction_grid(prepared, predictions, folder / "test_predictions.png")
+    mlflow.log_artifact(str(folder / "test_predictions.png"), artifact_path="plots")
 
-        base_metrics: dict = {}
-        if settings.evaluate_base:
-            base_metrics, base_predictions = evaluate(base_model, prepared, **options)
-            mlflow.log_metrics(
-                mlflow_metrics({k.replace("eval/", "eval_base/", 1): v for k, v in base_metrics.items()})
-            )
-            base_predictions.to_csv(folder / "base_predictions.csv", index=False)
-            mlflow.log_artifact(str(folder / "base_predictions.csv"), artifact_path="evaluation")
-            gain = paired_gain(predictions, base_predictions, n_boot=options["n_boot"])
-            mlflow.log_metrics(mlflow_metrics(gain))
-            logger.info(
-                "Trained model vs its starting point (%s, %d images): %s",
-                split,
-                len(predictions),
-                "; ".join(_versus(metrics, base_metrics, gain, key) for key in ("A@0.5", "A@0.8", "mIoU")),
-            )
+    base_metrics: dict = {}
+    if config.evaluate_base:
+        base_metrics, base_predictions = evaluate(base_model, prepared, **options)
+        mlflow.log_metrics(
+            mlflow_metrics({k.replace("eval/", "eval_base/", 1): v for k, v in base_metrics.items()})
+        )
+        base_predictions.to_csv(folder / "base_predictions.csv", index=False)
+        mlflow.log_artifact(str(folder / "base_predictions.csv"), artifact_path="evaluation")
+        gain = paired_gain(predictions, base_predictions, n_boot=options["n_boot"])
+        mlflow.log_metrics(mlflow_metrics(gain))
+        logger.info(
+            "Trained model vs its starting point (%s, %d images): %s",
+            split,
+            len(predictions),
+            "; ".join(_versus(metrics, base_metrics, gain, key) for key in ("A@0.5", "A@0.8", "mIoU")),
+        )
     headline = {
         k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics
     }

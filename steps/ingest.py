@@ -9,7 +9,8 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from steps.mlflow_run import step_mlflow_run
+from medloc_core.config import DataConfig
+from steps.mlflow_run import pipeline_mlflow_run
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,9 @@ DEFAULT_SOURCES = [
 ]
 
 
-@step
+@step(experiment_tracker=True)
 def ingest_data(
-    config: dict | None = None,
+    config: DataConfig,
 ) -> tuple[
     Annotated[pd.DataFrame, "records"],
     Annotated[pd.DataFrame, "quarantine"],
@@ -33,30 +34,26 @@ def ingest_data(
     """Read each configured source with its real-format reader; bad rows go to the quarantine table."""
     import mlflow
 
-    from medloc_core.config import DataConfig
     from medloc_core.data.sources import ingest_sources
 
-    settings = DataConfig.model_validate(config or {})
-    sources = (
-        [s.model_dump(exclude_none=True) for s in settings.sources] if settings.sources else DEFAULT_SOURCES
-    )
+    sources = [s.model_dump(exclude_none=True) for s in config.sources] if config.sources else DEFAULT_SOURCES
     records, quarantine, report = ingest_sources(
-        sources, max_quarantine_fraction=settings.max_quarantine_fraction
+        sources, max_quarantine_fraction=config.max_quarantine_fraction
     )
-    with step_mlflow_run():
-        mlflow.log_params(
-            {
-                "data.max_quarantine_fraction": str(settings.max_quarantine_fraction),
-                "data.sources": json.dumps(sources)[:6000],
-            }
-        )
-        mlflow.log_metrics(
-            {
-                "data/input_rows": report["input_rows"],
-                "data/records": report["records"],
-                "data/quarantined": report["quarantined"],
-            }
-        )
+    pipeline_mlflow_run()
+    mlflow.log_params(
+        {
+            "data.max_quarantine_fraction": str(config.max_quarantine_fraction),
+            "data.sources": json.dumps(sources)[:6000],
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "data/input_rows": report["input_rows"],
+            "data/records": report["records"],
+            "data/quarantined": report["quarantined"],
+        }
+    )
     logger.info(
         "Ingested %d input rows: %d records, %d quarantined",
         report["input_rows"],

@@ -1,11 +1,15 @@
-"""The MLflow run of the current pipeline run, entered from inside a step."""
+"""ZenML's MLflow experiment tracker for the pipeline: the embedded stack that carries it, the experiment it logs
+into, and the run every step shares.
+
+ZenML does the run handling: every step declares ``experiment_tracker=True``; the stack's MLflow tracker starts
+(or resumes, by pipeline run name) one MLflow run per pipeline run in experiment ``medloc`` before each step, ends
+it FAILED when a step fails, and records the run id as step metadata. This module only makes sure the embedded
+default stack has such a tracker and adds MedLoc's tags.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from zenml import get_step_context
@@ -14,76 +18,88 @@ from medloc_core import tracking
 
 logger = logging.getLogger(__name__)
 
+#: Pipeline settings for the stack's experiment tracker (any MLflow tracker: local SQLite, loopback, k8s server).
+TRACKER_SETTINGS = {"experiment_tracker": {"experiment_name": tracking.EXPERIMENT}}
+#: The embedded default stack (``infra/stacks.py local``): local orchestrator and artifact store, MLflow tracker.
+EMBEDDED_STACK = "local"
 
-def use_stack_experiment_tracker() -> str | None:
-    """Point MLflow at the active stack's MLflow experiment tracker, unless ``MLFLOW_TRACKING_URI`` is set.
 
-    On the ``local-s3`` and ``k8s-gpu`` stacks the tracker component holds the server URI and takes the
-    credentials from a ZenML secret; ``configure_mlflow`` exports both for this process. Without such a tracker
-    (ZenML's default stack) the plain-MLflow fallback of :func:`medloc_core.tracking.tracking_uri` applies.
-    Returns the URI taken from the tracker, or None.
+def ensure_embedded_stack() -> str:
+    """Give the embedded default an MLflow experiment tracker; return the active stack's name.
+
+    On ZenML's bare ``default`` stack (a fresh ZenML store) or on MedLoc's own ``local`` stack, register or update
+    ``local`` (orchestrator and artifact store ``default``, tracker ``medloc_mlflow_local`` at
+    :func:`medloc_core.tracking.tracking_uri`, so ``MLFLOW_TRACKING_URI`` and ``MEDLOC_HOME`` still decide where
+    the runs go) and activate it. Any other stack is the user's choice and is left alone: without a tracker
+    ZenML refuses it when it compiles the pipeline, naming the step.
     """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    client = Client()
+    stack = client.active_stack_model
+    if stack.name not in ("default", EMBEDDED_STACK):
+        return stack.name
+    if stack.name == "default" and stack.components.get(StackComponentType.EXPERIMENT_TRACKER):
+        return stack.name
+    from infra.stacks import ensure_stack, local_stack_spec
+
+    report = ensure_stack(client, local_stack_spec(tracking.tracking_uri()), activate=True)
+    changed = {k: v for k, v in report.items() if v != "unchanged"}
+    if changed or stack.name == "default":
+        logger.info(
+            "Embedded stack '%s' with the MLflow tracker at %s", EMBEDDED_STACK, tracking.tracking_uri()
+        )
+    return EMBEDDED_STACK
+
+
+def prepare_experiment() -> None:
+    """Create experiment ``medloc`` ahead of the tracker when the tracking store is local, so that its artifacts
+    go under ``MEDLOC_HOME`` (MLflow's default would be ``./mlruns`` of whatever the working directory is) and it
+    carries the classic-ML tag. A remote server keeps its own artifact root; the tracker creates it there."""
     from zenml.client import Client
 
     tracker = Client().active_stack.experiment_tracker
     if tracker is None or tracker.flavor != "mlflow":
-        return None
-    tracker.configure_mlflow()
-    return os.environ.get("MLFLOW_TRACKING_URI")
+        return
+    uri = tracker.get_tracking_uri()
+    if uri.startswith(("sqlite:", "file:")):
+        tracking.configure_mlflow(uri=uri)
 
 
-@contextmanager
-def step_mlflow_run() -> Iterator[Any]:
-    """Enter the one MLflow run shared by all steps of this pipeline run (resumed by ZenML run id)."""
-    uri = use_stack_experiment_tracker()
-    if uri:
-        logger.info("MLflow: using the stack's experiment tracker at %s", uri)
-    context = get_step_context()
-    run = context.pipeline_run
-    tags = {"zenml.pipeline": context.pipeline.name, "zenml.run_name": run.name, "zenml.run_id": str(run.id)}
-    with tracking.pipeline_run(str(run.id), run.name, tags=tags) as mlflow_run:
-        _link_step_to_mlflow_run(mlflow_run)
-        yield mlflow_run
-
-
-def _link_step_to_mlflow_run(mlflow_run: Any) -> None:
-    """ZenML step metadata pointing at the MLflow run this step logs into (shown on the step in the dashboard)."""
+def pipeline_mlflow_run() -> Any:
+    """The MLflow run the stack's tracker started for this pipeline run, tagged with the ZenML run."""
     import mlflow
-    from zenml import log_metadata
 
-    log_metadata(
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError(
+            "no active MLflow run: the step must declare experiment_tracker=True and the active ZenML stack "
+            "must have an MLflow experiment tracker (`python infra/stacks.py local --set`)"
+        )
+    context = get_step_context()
+    mlflow.set_tags(
         {
-            "mlflow_run_id": mlflow_run.info.run_id,
-            "mlflow_experiment_id": mlflow_run.info.experiment_id,
-            "mlflow_tracking_uri": mlflow.get_tracking_uri(),
+            tracking.RUN_ID_TAG: str(context.pipeline_run.id),
+            "zenml.pipeline": context.pipeline.name,
+            "zenml.run_name": context.pipeline_run.name,
         }
     )
+    return run
 
 
-def mark_mlflow_run_failed(exception: BaseException) -> None:
-    """ZenML ``on_failure`` hook: the pipeline run failed, so its MLflow run ends FAILED (not FINISHED from the
-    last step that succeeded), with the error as a tag."""
+def tag_failure(exception: BaseException) -> None:
+    """ZenML ``on_failure`` hook: the tracker ends the run FAILED; this says which step failed and why."""
     import mlflow
 
-    context = get_step_context()
-    tracking.configure_mlflow()
-    found = mlflow.search_runs(
-        filter_string=f"tags.`{tracking.RUN_ID_TAG}` = '{context.pipeline_run.id}'",
-        search_all_experiments=True,
-        output_format="list",
-        max_results=1,
-    )
-    if not found:
+    run = mlflow.active_run()
+    if run is None:
         return
     client = mlflow.MlflowClient()
-    run_id = found[0].info.run_id
-    client.set_tag(run_id, "medloc.failed_step", context.step_run.name)
+    client.set_tag(run.info.run_id, "medloc.failed_step", get_step_context().step_run.name)
     client.set_tag(
-        run_id, "medloc.error", " ".join(f"{type(exception).__name__}: {exception}".split())[:5000]
+        run.info.run_id, "medloc.error", " ".join(f"{type(exception).__name__}: {exception}".split())[:5000]
     )
-    client.set_terminated(run_id, status="FAILED")
 
 
 def run_folder(name: str) -> Any:

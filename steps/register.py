@@ -9,12 +9,13 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from steps.mlflow_run import run_folder, step_mlflow_run
+from medloc_core.config import RegistrationConfig
+from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
 
 
-@step
+@step(experiment_tracker=True)
 def register_model(
     model_dir: Path,
     metrics: dict,
@@ -23,34 +24,32 @@ def register_model(
     manifest: dict,
     quarantine: pd.DataFrame,
     training_summary: dict,
-    config: dict | None = None,
+    config: RegistrationConfig,
+    max_new_tokens: int,
 ) -> Annotated[dict, "promotion"]:
     """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
     import mlflow
 
-    from medloc_core.config import RegistrationConfig
     from medloc_core.promotion import register_and_promote
 
-    settings = RegistrationConfig.model_validate(config or {})
     folder = run_folder("registration")
-    with step_mlflow_run() as run:
-        mlflow.log_params(
-            {f"registration.{k}": str(v) for k, v in settings.model_dump(by_alias=True).items()}
-        )
-        quarantine.to_csv(folder / "quarantine.csv", index=False)
-        mlflow.log_artifact(str(folder / "quarantine.csv"), artifact_path="data")
-        mlflow.log_dict(manifest, "data/manifest.json")
-        result = register_and_promote(
-            model_dir,
-            metrics,
-            base_metrics,
-            run_id=run.info.run_id,
-            eval_set_hash=eval_set_hash,
-            # serve with the prompt the model was trained and evaluated with (the preprocessing's answer style)
-            answer_style=manifest.get("options", manifest).get("answer_style") or "think",
-            history_tail=training_summary.get("history_tail", []),
-            settings=settings,
-        )
+    run = pipeline_mlflow_run()
+    mlflow.log_params({f"registration.{k}": str(v) for k, v in config.model_dump(by_alias=True).items()})
+    quarantine.to_csv(folder / "quarantine.csv", index=False)
+    mlflow.log_artifact(str(folder / "quarantine.csv"), artifact_path="data")
+    mlflow.log_dict(manifest, "data/manifest.json")
+    result = register_and_promote(
+        model_dir,
+        metrics,
+        base_metrics,
+        run_id=run.info.run_id,
+        eval_set_hash=eval_set_hash,
+        # serve with the prompt the model was trained and evaluated with (the preprocessing's answer style)
+        answer_style=manifest.get("options", manifest)["answer_style"],
+        max_new_tokens=max_new_tokens,  # the evaluation's: the served model generates as it was measured
+        history_tail=training_summary.get("history_tail", []),
+        settings=config,
+    )
     if result["registered"]:
         _link_control_plane(result["version"], result["promoted"], result["reasons"], metrics)
         logger.info(

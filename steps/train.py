@@ -14,7 +14,8 @@ import pandas as pd
 from zenml import step
 
 from medloc_core import tracking
-from steps.mlflow_run import step_mlflow_run
+from medloc_core.config import FROM_PREPROCESSING, TrainingParams
+from steps.mlflow_run import pipeline_mlflow_run
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,9 @@ def training_folder(config: dict, manifest: dict) -> Path:
     return folder
 
 
-@step
+@step(experiment_tracker=True)
 def train_model(
-    prepared: pd.DataFrame, manifest: dict, config: dict | None = None
+    prepared: pd.DataFrame, manifest: dict, config: TrainingParams
 ) -> tuple[
     Annotated[Path, "model_dir"],
     Annotated[str, "base_model"],
@@ -41,32 +42,23 @@ def train_model(
 ]:
     """Fine-tune the policy with GRPO; log params, the per-step curriculum trace and training plots."""
     from medloc_core.launch import launch_training
-    from medloc_core.training import TrainingConfig, resolve_model_path, train
+    from medloc_core.training import resolve_model_path, train
 
-    config = dict(config or {})
-    launch = config.pop("accelerate", None)
-    # The processor must resize exactly as preprocessing framed the boxes; the tiny model lives in MEDLOC_HOME.
+    # The prompts' answer style and the processor's resize bounds are the preprocessing's (the boxes were framed
+    # with them); they come from the manifest, never from a second copy of the setting.
     options = manifest.get("options", manifest)
-    config.update(
-        {
-            k: options[k]
-            for k in ("min_pixels", "max_pixels", "answer_style")
-            if k not in config and k in options
-        }
-    )
-    config.setdefault("tiny_model_dir", str(tracking.medloc_home() / "models"))
-    train_config = TrainingConfig.from_dict(config)
-    folder = training_folder(config, manifest)
-    with step_mlflow_run() as run:
-        tracking.log_training_config(train_config, launch, str(manifest.get("hash", "")))
-        if launch and int(launch.get("num_processes", 1)) > 1:  # multi-GPU: `accelerate launch` children
-            result = launch_training(
-                prepared, config, folder, accelerate=launch, mlflow_run_id=run.info.run_id
-            )
-        else:
-            outcome = train(prepared, train_config, folder)
-            result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
-        summary = tracking.log_training_result(result, folder, train_config.schedule)
+    train_config = config.training_config(**{k: options[k] for k in FROM_PREPROCESSING if k in options})
+    resolved = train_config.to_dict()
+    folder = training_folder(resolved, manifest)
+    launch = config.accelerate.model_dump(exclude_defaults=True) if config.accelerate else None
+    run = pipeline_mlflow_run()
+    tracking.log_training_config(train_config, launch, str(manifest.get("hash", "")))
+    if config.accelerate and config.accelerate.num_processes > 1:  # multi-GPU: `accelerate launch` children
+        result = launch_training(prepared, resolved, folder, accelerate=launch, mlflow_run_id=run.info.run_id)
+    else:
+        outcome = train(prepared, train_config, folder)
+        result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
+    summary = tracking.log_training_result(result, folder, train_config.schedule)
     logger.info("Training finished: %s", {k: v for k, v in summary.items() if k != "history_tail"})
     # The base (the policy GRPO started from: the hub id or the SFT warm-up folder) travels as a name/path.
     base_model = (

@@ -93,6 +93,22 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1, "one MLflow run per pipeline run"
     run = runs[0]
+    # ZenML's MLflow experiment tracker ran it: the embedded stack carries the tracker, the run is ZenML's, and
+    # the experiment's artifacts stay under MEDLOC_HOME (not ./mlruns of the working directory)
+    assert run.data.tags.get("zenml"), run.data.tags  # the tracker tags its runs with the ZenML version
+    assert experiment.artifact_location.startswith((tmp_path / "home").as_uri()), experiment.artifact_location
+    stack = zenml_query(
+        env,
+        "s = Client().active_stack; t = s.experiment_tracker; "
+        "out = {'stack': s.name, 'tracker': t.flavor, 'uri': t.get_tracking_uri()}",
+    )
+    assert stack == {"stack": "local", "tracker": "mlflow", "uri": env["MLFLOW_TRACKING_URI"]}, stack
+    step_uri = zenml_query(
+        env,
+        "r = Client().get_pipeline('medloc_training').last_run; "
+        "out = [str(r.steps[s].run_metadata['mlflow_run_id']) for s in ('ingest_data', 'register_model')]",
+    )
+    assert step_uri == [run.info.run_id] * 2
 
     history = client.get_metric_history(run.info.run_id, "curriculum/threshold")
     assert sorted(m.step for m in history) == list(range(1, MAX_STEPS + 1))
@@ -152,6 +168,13 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert version.tags["medloc.run_id"] == run.info.run_id
     assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
     assert version.description.startswith("Promotion gate: ")
+    # the served model prompts as the run trained and evaluated: the preprocessing's answer style (`answer`)
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    served = mlflow.pyfunc.load_model(f"models:/medloc-grounder/{version.version}")
+    assert served.model_config["answer_style"] == "answer", served.model_config
+    assert served.model_config["max_new_tokens"] == 32  # the evaluation's setting, not a second default
 
     # ZenML's Model Control Plane lists the run's model version, linked to the MLflow version
     listed = subprocess.run(
@@ -206,6 +229,8 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         ("evaluation", "batchsize", 4, "evaluation.batchsize"),
         ("registration", "margin", "a lot", "registration.margin"),
         ("preprocessing", "answer_stile", "answer", "preprocessing.answer_stile"),
+        # answer style comes from the preprocessing (answer); a training block saying otherwise is refused
+        ("training", "answer_style", "think", "training.answer_style"),
     ],
 )
 def test_a_config_typo_fails_before_any_step_runs(tmp_path: Path, block, key, value, named) -> None:

@@ -1,0 +1,100 @@
+"""The typed run config: one model per block, strict keys named by path, defaults from their one home."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from medloc_core import config
+from medloc_core.curriculum import CurriculumConfig
+from medloc_core.training import TrainingConfig
+
+
+@pytest.mark.parametrize(
+    "blocks,named",
+    [
+        ({"training": {"curriculum": {"tau_0": 0.3}}}, "training.curriculum.tau_0: unknown key"),
+        ({"training": {"learning_rat": 1e-4}}, "training.learning_rat: unknown key"),
+        ({"training": {"accelerate": {"num_procs": 2}}}, "training.accelerate.num_procs: unknown key"),
+        ({"evaluation": {"batchsize": 4}}, "evaluation.batchsize: unknown key"),
+        ({"evaluation": {"split": "holdout"}}, "evaluation.split"),
+        ({"registration": {"margin": "a lot"}}, "registration.margin"),
+        ({"preprocessing": {"answer_stile": "answer"}}, "preprocessing.answer_stile: unknown key"),
+        ({"data": {"sources": [{"format": "dicom-ish", "root": "x"}]}}, "data.sources.0.format"),
+        # a cross-field rule of the dataclass fires at parse time too
+        (
+            {"training": {"num_generations": 3, "per_device_train_batch_size": 8}},
+            "multiple of num_generations",
+        ),
+        ({"training": {"schedule": "fixed", "curriculum": {"tau0": 0.25}}}, "only applies to schedule"),
+        ({"trainng": {}}, "trainng: unknown parameter block"),
+    ],
+)
+def test_a_bad_key_or_value_is_named_by_its_path(blocks: dict, named: str) -> None:
+    with pytest.raises(config.ConfigError, match=named.replace(".", r"\.")):
+        config.validate_parameters(**blocks)
+
+
+def test_training_defaults_have_one_home() -> None:
+    params = config.TrainingParams()
+    built = params.training_config()
+    for f in dataclasses.fields(TrainingConfig):
+        assert getattr(built, f.name) == getattr(TrainingConfig(), f.name), f.name
+    curriculum = config.CurriculumParams()
+    for f in dataclasses.fields(CurriculumConfig):
+        assert getattr(curriculum, f.name) == getattr(CurriculumConfig(), f.name), f.name
+
+
+def test_yaml_numbers_are_read_as_numbers_and_survive_a_round_trip() -> None:
+    raw = yaml.safe_load("learning_rate: 1e-6\ncurriculum: {tau0: 0.2, window: 10}\n")
+    assert raw["learning_rate"] == "1e-6"  # PyYAML reads this as a string
+    params = config.TrainingParams.model_validate(raw)
+    assert params.training_config().learning_rate == 1e-6
+    # ZenML hands a step the block as a full dump; the curriculum still carries only what was changed
+    again = config.TrainingParams.model_validate(params.model_dump())
+    assert again.training_config().curriculum == {"tau0": 0.2, "window": 10}
+    assert again.training_config().curriculum_config().window == 10
+
+
+def test_an_empty_curriculum_block_is_no_block_for_any_schedule() -> None:
+    params = config.TrainingParams.model_validate({"schedule": "fixed", "curriculum": {}})
+    assert params.training_config().curriculum == {}
+
+
+def test_settings_shared_with_the_preprocessing_must_agree() -> None:
+    parsed = config.validate_parameters(
+        preprocessing={"answer_style": "answer", "max_pixels": 12544, "min_pixels": 3136},
+        training={"answer_style": "answer"},  # stating the same value is allowed
+    )
+    assert parsed["training"].answer_style == "answer"
+    with pytest.raises(config.ConfigError, match=r"training\.max_pixels: .* differs from preprocessing"):
+        config.validate_parameters(
+            preprocessing={"max_pixels": 12544, "min_pixels": 3136},
+            training={"max_pixels": 50176, "min_pixels": 3136},
+        )
+
+
+def test_preprocessing_block_is_preprocess_signature() -> None:
+    import inspect
+
+    from medloc_core.data.preprocess import preprocess
+
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(preprocess).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert config.preprocess_kwargs(config.PreprocessingConfig()) == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()
+    }
+
+
+def test_every_shipped_recipe_parses() -> None:
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        blocks = yaml.safe_load(path.read_text())["parameters"]
+        parsed = config.validate_parameters(**blocks)
+        assert set(parsed) == set(config.BLOCKS), path
