@@ -81,11 +81,14 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = CI_LEVEL,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat_fn`` over ``values`` (resampled with replacement).
+    """Percentile bootstrap interval of ``stat_fn`` over ``values`` (``scipy.stats.bootstrap``, resampling the
+    values with replacement ``n_boot`` times).
 
     Deterministic for a given ``seed``. Returns ``(low, high)`` in the units of ``stat_fn``;
-    ``(nan, nan)`` for an empty sample.
+    ``(nan, nan)`` for an empty sample, the value itself twice for a single one.
     """
+    from scipy.stats import bootstrap
+
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -93,12 +96,19 @@ def bootstrap_ci(
         raise ValueError(f"level must be in (0, 1), got {level}")
     if arr.size == 0:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.size, size=(n_boot, arr.size))
-    stats = np.fromiter((stat_fn(arr[row]) for row in idx), dtype=np.float64, count=n_boot)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return (float(low), float(high))
+    if arr.size == 1 or np.all(arr == arr[0]):  # every resample is the sample itself
+        value = float(stat_fn(arr))
+        return (value, value)
+    result = bootstrap(
+        (arr,),
+        stat_fn,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        vectorized=False,
+        rng=np.random.default_rng(seed),
+    )
+    return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
 def paired_gain(

@@ -1,22 +1,23 @@
-"""Scheduled retraining helpers: cron validation, ZenML schedules from run configs, single-machine cron runs.
+"""Scheduled retraining: cron validation, schedule blocks of run configs, and the one single-machine runner.
 
 Two ways to retrain on a schedule:
 
 * Kubernetes: the run config's ``schedule:`` block (``cron_expression``) becomes a ZenML
-  ``Schedule(cron_expression=...)``, which the Kubernetes orchestrator turns into a ``batch/v1`` CronJob
-  (``concurrency_policy: Forbid`` in the config keeps runs from overlapping).
-* One machine: the local orchestrator has no schedules, so the OS cron calls the pipeline. ``cron_line``
-  writes the crontab entry (with ``flock -n`` so runs never overlap) and ``run_and_report`` runs the command,
-  appends its output to a log and returns its exit status, which is non-zero when the pipeline failed.
+  ``Schedule(cron_expression=...)`` (``pipelines/schedule.py``), which the Kubernetes orchestrator turns into a
+  ``batch/v1`` CronJob (``concurrency_policy: Forbid`` in the config keeps runs from overlapping).
+* One machine: the local orchestrator has no schedules, so the OS cron calls ``medloc schedule run``
+  (:func:`cron_line` writes the crontab entry); :func:`run_and_report` runs the pipeline command under a lock
+  file (a tick that finds the previous run still going is skipped), appends its output to a log and returns its
+  exit status, which is non-zero when the pipeline failed.
 
-ZenML is imported only inside ``build_schedule``/``schedule_from_config``; everything else is pure Python.
-Times are the cron daemon's (or the Kubernetes controller's) local time zone.
+Pure Python: no ZenML import. Times are the cron daemon's (or the Kubernetes controller's) local time zone.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import re
 import shlex
@@ -104,13 +105,6 @@ def validate_cron(expression: str) -> str:
     return text
 
 
-def build_schedule(cron_expression: str, *, name: str | None = None) -> Any:
-    """A ZenML ``Schedule`` for the cron expression (validated first). Returns ``zenml.config.schedule.Schedule``."""
-    from zenml.config.schedule import Schedule
-
-    return Schedule(name=name, cron_expression=validate_cron(cron_expression))
-
-
 def load_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ZenML run-configuration YAML file into a dict (``{}`` for an empty file)."""
     path = Path(path)
@@ -147,16 +141,6 @@ def schedule_block(config: Mapping[str, Any], *, source: str = "run config") -> 
     return {**block, "cron_expression": normalized}
 
 
-def schedule_from_config(path: str | os.PathLike[str]) -> Any:
-    """The ZenML ``Schedule`` described by the config file's ``schedule:`` block, or None without one."""
-    block = schedule_block(load_run_config(path), source=str(path))
-    if block is None:
-        return None
-    from zenml.config.schedule import Schedule
-
-    return Schedule(**block)
-
-
 def strip_schedule(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Write a copy of the run config without its ``schedule:`` block (a one-off run of a scheduled config)."""
     config = load_run_config(src)
@@ -169,35 +153,35 @@ def strip_schedule(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
 
 def cron_line(
     cron_expression: str,
-    command: Sequence[str],
     *,
+    config: str,
     workdir: str | os.PathLike[str],
     log_file: str | os.PathLike[str],
-    lock_file: str | os.PathLike[str] = "/tmp/medloc-retrain.lock",
-    env: Mapping[str, str] | None = None,
+    lock_file: str | os.PathLike[str] | None = None,
+    medloc_bin: str | os.PathLike[str] | None = None,
 ) -> str:
-    """One crontab line that runs ``command`` in ``workdir`` on the schedule, never twice at once.
+    """One crontab line that runs ``medloc schedule run -c CONFIG`` in ``workdir`` on the schedule.
 
-    ``flock -n`` makes a tick that finds the previous run still going exit 1 at once (cron reports it) instead
-    of starting a second run. Output is appended to ``log_file``. ``%`` is escaped because cron turns a bare
-    ``%`` into a newline.
+    The run itself takes ``lock_file`` (default ``<workdir>/.medloc/schedule.lock``), so a tick that finds the
+    previous run still going is skipped; output is appended to ``log_file``. ``%`` is escaped because cron turns
+    a bare ``%`` into a newline.
     """
     schedule = validate_cron(cron_expression)
-    if not command:
-        raise ValueError("cron_line: command is empty")
-    assignments = [f"{key}={shlex.quote(value)}" for key, value in (env or {}).items()]
+    medloc = medloc_bin or Path(sys.executable).with_name("medloc")
     parts = [
         "cd",
         shlex.quote(str(workdir)),
         "&&",
-        *(["env", *assignments] if assignments else []),
-        "flock",
-        "-n",
-        shlex.quote(str(lock_file)),
-        *(shlex.quote(str(arg)) for arg in command),
-        ">>",
+        "env",
+        "ZENML_ANALYTICS_OPT_IN=false",
+        shlex.quote(str(medloc)),
+        "schedule",
+        "run",
+        "-c",
+        shlex.quote(config),
+        "--log-file",
         shlex.quote(str(log_file)),
-        "2>&1",
+        *(["--lock-file", shlex.quote(str(lock_file))] if lock_file else []),
     ]
     return f"{schedule} " + " ".join(parts).replace("%", r"\%")
 
@@ -212,6 +196,7 @@ class RunReport:
     finished_at: str
     duration_s: float
     log_file: Path | None
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -225,51 +210,50 @@ def run_and_report(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    lock_file: str | os.PathLike[str] | None = None,
 ) -> RunReport:
     """Run ``command`` to completion and report its exit status (the pipeline's: non-zero on failure).
 
     Output goes to ``log_file`` (appended, framed by start/end lines) or, without one, to this process's
     stdout/stderr. ``env`` entries are added to the current environment. A timeout kills the command and
-    reports return code 124, like coreutils ``timeout``; a command that cannot be started reports 127.
+    reports return code 124, like coreutils ``timeout``; a command that cannot be started reports 127. With
+    ``lock_file``, the command runs only if no other run holds that lock; otherwise nothing runs and the report
+    says ``skipped`` (exit 0: an overlapping tick is not a failure).
     """
     argv = tuple(str(a) for a in command)
     if not argv:
         raise ValueError("run_and_report: command is empty")
-    full_env = {**os.environ, **(env or {})}
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     log_path = Path(log_file) if log_file is not None else None
-    out = None
-    try:
+    with contextlib.ExitStack() as stack:
+        if lock_file is not None and not _try_lock(stack, Path(lock_file)):
+            note = f"=== medloc run skipped {started.isoformat()}: the previous run still holds {lock_file}\n"
+            _write(log_path, note)
+            return RunReport(argv, 0, started.isoformat(), started.isoformat(), 0.0, log_path, skipped=True)
+        out = None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = log_path.open("a", buffering=1)
+            out = stack.enter_context(log_path.open("a", buffering=1))
             out.write(f"=== medloc run start {started.isoformat()} cmd: {shlex.join(argv)}\n")
         try:
-            proc = subprocess.run(
+            code = subprocess.run(
                 argv,
                 cwd=cwd,
-                env=full_env,
+                env={**os.environ, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
                 timeout=timeout_s,
                 check=False,
-            )
-            code = proc.returncode
+            ).returncode
         except subprocess.TimeoutExpired:
             code = 124
         except OSError as exc:
             code = 127
-            if out is not None:
-                out.write(f"cannot start command: {exc}\n")
-            else:
-                print(f"cannot start command: {exc}", file=sys.stderr)
+            print(f"cannot start command: {exc}", file=out or sys.stderr)
         finished = dt.datetime.now(dt.UTC)
         if out is not None:
             out.write(f"=== medloc run end {finished.isoformat()} exit {code}\n")
-    finally:
-        if out is not None:
-            out.close()
     return RunReport(
         command=argv,
         returncode=code,
@@ -280,71 +264,36 @@ def run_and_report(
     )
 
 
-def default_retrain_command(config: str, *, zenml_bin: str = "zenml") -> list[str]:
-    """The command a single-machine schedule runs: ``zenml pipeline run medloc_training -c <config>``."""
-    return [zenml_bin, "pipeline", "run", "medloc_training", "-c", config]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medloc_core.scheduling {validate,cron-line,run,strip-schedule}``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m medloc_core.scheduling", description=__doc__.splitlines()[0]
-    )
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_val = sub.add_parser("validate", help="validate a cron expression or a run config's schedule block")
-    p_val.add_argument("target", help="cron expression, or path to a run-config YAML")
-    p_line = sub.add_parser("cron-line", help="print the crontab line for single-machine retraining")
-    p_line.add_argument("--cron", required=True)
-    p_line.add_argument("--config", default="configs/medloc_training_local.yaml")
-    p_line.add_argument("--workdir", default=os.getcwd())
-    p_line.add_argument("--log-file", default=".medloc/logs/retrain.log")
-    p_line.add_argument("--lock-file", default="/tmp/medloc-retrain.lock")
-    p_run = sub.add_parser("run", help="run a command, log it, exit with its status")
-    p_run.add_argument("--log-file")
-    p_run.add_argument("--timeout-s", type=float)
-    p_run.add_argument("command", nargs=argparse.REMAINDER, help="-- command args...")
-    p_strip = sub.add_parser("strip-schedule", help="copy a run config without its schedule block")
-    p_strip.add_argument("config")
-    p_strip.add_argument("-o", "--output", required=True)
-    args = parser.parse_args(argv)
-
+def _try_lock(stack: contextlib.ExitStack, path: Path) -> bool:
+    """Take an exclusive, non-blocking ``flock`` on ``path`` for the rest of ``stack``; False if it is held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = stack.enter_context(path.open("w"))
     try:
-        if args.cmd == "validate":
-            if Path(args.target).is_file():
-                block = schedule_block(load_run_config(args.target), source=args.target)
-                print(block["cron_expression"] if block else "no schedule block")
-            else:
-                print(validate_cron(args.target))
-            return 0
-        if args.cmd == "cron-line":
-            bin_dir = Path(sys.executable).parent
-            inner = default_retrain_command(args.config, zenml_bin=str(bin_dir / "zenml"))
-            command = [sys.executable, "-m", "medloc_core.scheduling", "run", "--", *inner]
-            print(
-                cron_line(
-                    args.cron,
-                    command,
-                    workdir=args.workdir,
-                    log_file=args.log_file,
-                    lock_file=args.lock_file,
-                    env={"ZENML_ANALYTICS_OPT_IN": "false"},
-                )
-            )
-            return 0
-        if args.cmd == "run":
-            command = args.command[1:] if args.command[:1] == ["--"] else args.command
-            report = run_and_report(command, log_file=args.log_file, timeout_s=args.timeout_s)
-            print(
-                f"medloc run: exit {report.returncode} after {report.duration_s:.1f} s ({shlex.join(report.command)})",
-                file=sys.stderr,
-            )
-            return report.returncode
-        print(strip_schedule(args.config, args.output))
-        return 0
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    handle.write(f"{os.getpid()} {dt.datetime.now(dt.UTC).isoformat()}\n")
+    handle.flush()
+    return True
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _write(log_path: Path | None, text: str) -> None:
+    if log_path is None:
+        print(text, end="", file=sys.stderr)
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as out:
+        out.write(text)
+
+
+def pipeline_command(config: str, *, zenml_bin: str | os.PathLike[str] | None = None) -> list[str]:
+    """The command every run goes through: ``zenml pipeline run medloc_training -c <config>``."""
+    zenml = Path(zenml_bin) if zenml_bin else Path(sys.executable).with_name("zenml")
+    return [
+        str(zenml) if zenml_bin or zenml.exists() else "zenml",
+        "pipeline",
+        "run",
+        "medloc_training",
+        "-c",
+        config,
+    ]

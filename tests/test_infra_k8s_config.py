@@ -159,7 +159,7 @@ def test_schedule_becomes_a_forbid_cronjob(config):
         pod_template_manifest_from_pod,
     )
 
-    from medloc_core.scheduling import schedule_from_config
+    from pipelines.schedule import schedule_from_config
 
     schedule = schedule_from_config(CONFIG_PATH)
     assert schedule.cron_expression == "0 3 * * 1" and schedule.name == "medloc-weekly-retrain"

@@ -1,4 +1,5 @@
-"""medloc_core.scheduling: cron validation, crontab line, run-and-report exit codes, schedule blocks."""
+"""Scheduling: cron validation, schedule blocks, the crontab line, the one runner (exit codes, lock) and
+`medloc schedule`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medloc_core import scheduling
+from medloc_core.cli import main as medloc
 from medloc_core.scheduling import (
-    build_schedule,
     cron_line,
     run_and_report,
     schedule_block,
@@ -60,6 +60,8 @@ def test_invalid_cron(expr: str, message: str):
 def test_build_schedule_is_a_zenml_cron_schedule():
     from zenml.config.schedule import Schedule
 
+    from pipelines.schedule import build_schedule
+
     schedule = build_schedule(" 0  3 * * 1", name="weekly")
     assert isinstance(schedule, Schedule)
     assert (schedule.cron_expression, schedule.name, schedule.interval_second) == (
@@ -88,22 +90,20 @@ def test_strip_schedule_keeps_everything_else(tmp_path: Path):
     assert stripped == original
 
 
-def test_cron_line_runs_in_repo_with_lock_and_log():
+def test_cron_line_runs_medloc_schedule_in_the_repo_with_a_log():
     line = cron_line(
         "0 3 * * 1",
-        ["/opt/venv/bin/zenml", "pipeline", "run", "medloc_training", "-c", "configs/my config.yaml"],
+        config="configs/my config.yaml",
         workdir="/srv/medloc",
         log_file="/var/log/medloc/retrain-%Y.log",
-        lock_file="/tmp/medloc.lock",
-        env={"ZENML_ANALYTICS_OPT_IN": "false"},
+        medloc_bin="/opt/venv/bin/medloc",
     )
     assert line == (
-        "0 3 * * 1 cd /srv/medloc && env ZENML_ANALYTICS_OPT_IN=false flock -n /tmp/medloc.lock "
-        "/opt/venv/bin/zenml pipeline run medloc_training -c 'configs/my config.yaml' "
-        r">> /var/log/medloc/retrain-\%Y.log 2>&1"
+        "0 3 * * 1 cd /srv/medloc && env ZENML_ANALYTICS_OPT_IN=false /opt/venv/bin/medloc schedule run "
+        r"-c 'configs/my config.yaml' --log-file /var/log/medloc/retrain-\%Y.log"
     )
     with pytest.raises(ValueError):
-        cron_line("bad", ["true"], workdir="/", log_file="/dev/null")
+        cron_line("bad", config="c.yaml", workdir="/", log_file="/dev/null")
 
 
 def test_run_and_report_returns_the_exit_status(tmp_path: Path):
@@ -120,35 +120,49 @@ def test_run_and_report_returns_the_exit_status(tmp_path: Path):
     assert slow.returncode == 124 and slow.duration_s < 20
 
 
-def test_module_cli_exits_non_zero_on_failure(tmp_path: Path):
-    proc = subprocess.run(
+def test_a_run_that_finds_the_lock_held_is_skipped(tmp_path: Path):
+    """The previous run still going (another process holds the lock): nothing runs, exit 0, the log says so."""
+    lock, log, marker = tmp_path / "schedule.lock", tmp_path / "r.log", tmp_path / "ran"
+    holder = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "medloc_core.scheduling",
-            "run",
-            "--log-file",
-            str(tmp_path / "r.log"),
-            "--",
-            sys.executable,
             "-c",
-            "import sys; sys.exit(7)",
+            "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)",
+            str(lock),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
-        cwd=REPO,
     )
-    assert proc.returncode == 7
-    assert "exit 7" in proc.stderr
-    assert scheduling.main(["validate", str(REPO / "configs" / "medloc_training_k8s.yaml")]) == 0
-    assert scheduling.main(["validate", "0 25 * * *"]) == 2
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        touch = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+        report = run_and_report(touch, log_file=log, lock_file=lock)
+        assert report.skipped and report.returncode == 0 and not marker.exists()
+        assert "skipped" in log.read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+    report = run_and_report(touch, log_file=log, lock_file=lock)  # the lock is free again: it runs
+    assert not report.skipped and report.ok and marker.exists()
 
 
-def test_cron_line_cli_prints_a_valid_line(capsys: pytest.CaptureFixture[str]):
-    assert scheduling.main(["cron-line", "--cron", "0 4 * * *", "--workdir", "/srv/medloc"]) == 0
+def test_medloc_schedule_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert medloc(["schedule", "validate", str(REPO / "configs" / "medloc_training_k8s.yaml")]) == 0
+    assert capsys.readouterr().out.strip() == "0 3 * * 1"
+    assert medloc(["schedule", "validate", "0 25 * * *"]) == 2
+    assert "hour: 25 is outside" in capsys.readouterr().err
+    assert (
+        medloc(["schedule", "cron", "--cron", "0 4 * * *", "-c", "configs/medloc_training_local.yaml"]) == 0
+    )
     line = capsys.readouterr().out.strip()
-    assert line.startswith("0 4 * * * cd /srv/medloc && env ZENML_ANALYTICS_OPT_IN=false flock -n ")
-    assert "-m medloc_core.scheduling run -- " in line
-    assert line.endswith(
-        "pipeline run medloc_training -c configs/medloc_training_local.yaml >> .medloc/logs/retrain.log 2>&1"
+    assert line.startswith(f"0 4 * * * cd {REPO} && env ZENML_ANALYTICS_OPT_IN=false ")
+    assert " schedule run -c configs/medloc_training_local.yaml --log-file " in line
+    out = tmp_path / "once.yaml"
+    assert (
+        medloc(
+            ["schedule", "strip-schedule", str(REPO / "configs" / "medloc_training_k8s.yaml"), "-o", str(out)]
+        )
+        == 0
     )
+    assert "schedule" not in yaml.safe_load(out.read_text())

@@ -138,7 +138,7 @@ def test_bad_request_keeps_its_one_line_message_when_mlflow_rewrites_it():
 
 
 def test_cli_constants_match_registry():
-    from medloc_core import registry_cli
+    from medloc_core.cli import registry as registry_cli
 
     assert registry_cli.MODEL_NAME == registry.MODEL_NAME == "medloc-grounder"
     assert registry_cli.CHAMPION == registry.CHAMPION == "champion"
@@ -315,8 +315,8 @@ def test_cli_predict_and_evaluate_with_local_folder(answering_model_dir, tmp_pat
 
 
 def test_predict_query_defaults_to_the_datasets_training_template() -> None:
+    from medloc_core.cli.registry import resolve_query
     from medloc_core.data.templates import default_query
-    from medloc_core.registry_cli import resolve_query
 
     assert resolve_query(None, "ham10000") == "Locate the skin lesion in this dermoscopy image."
     assert resolve_query(None, "tn3k") == default_query("tn3k", "") != resolve_query(None, "ham10000")
@@ -435,7 +435,8 @@ def test_two_promotions_at_once_always_leave_the_better_champion(server_env, tmp
 
 @pytest.mark.parametrize("case", ["missing", "not an image", "oversized"])
 def test_predict_gives_one_line_errors_for_bad_image_files(case, tmp_path, capsys, monkeypatch):
-    from medloc_core import cli, registry_cli
+    from medloc_core import cli
+    from medloc_core.cli import registry as registry_cli
 
     image = tmp_path / "x.png"
     if case == "not an image":

@@ -497,6 +497,10 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     thresholds = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert thresholds[0] == 0.3 and thresholds[-1] > 0.3
     assert result["final_threshold"] > thresholds[-1] - 1e-9
+    # TRL's own reporting (report_to="mlflow") from rank 0 into the same run, once per step
+    for key in ("loss", "reward", "completions/mean_length"):
+        points = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in points) == [1, 2, 3], key
 
 
 @pytest.mark.slow

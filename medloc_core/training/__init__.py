@@ -24,50 +24,62 @@ Wiring (``train``):
 KL β defaults to 0.04 (VLM-R1's value); the MedLoc-R1 digest says 0.4 (ambiguity A7 in methods.md §1(i)).
 
 Modules: ``config``, ``rows``, ``callbacks``, ``trainer``, ``warmup`` (SFT), ``medgrpo``, ``session``; the
-``accelerate launch`` entry is ``medloc_core.training_cli`` (``medloc train``).
+``accelerate launch`` entry is ``medloc_core.cli.train`` (``medloc train``).
 """
 
-from medloc_core.checkpoints import CURRICULUM_STATE_NAME
-from medloc_core.training.callbacks import (
-    CompletionsTableCallback,
-    CurriculumCallback,
-    MetricsSink,
-    default_metrics_sink,
-)
-from medloc_core.training.config import (
-    ADAPTERS,
-    HISTORY_NAME,
-    MEDGRPO_STATS_NAME,
-    SCHEDULES,
-    SFT_DONE_NAME,
-    TINY_ALIASES,
-    TrainingConfig,
-    resolve_model_path,
-    trl_field_names,
-    weights_dtype,
-)
-from medloc_core.training.medgrpo import fit_medgrpo
-from medloc_core.training.rows import REQUIRED_COLUMNS, build_examples, check_frames, train_rows
-from medloc_core.training.session import (
-    TrainingResult,
-    TrainingSession,
-    latest_complete_checkpoint,
-    peak_rss_mb,
-    prepare_training,
-    read_history,
-    save_final_model,
-    train,
-)
-from medloc_core.training.trainer import build_grpo_config, load_full_weights
-from medloc_core.training.warmup import (
-    SMALL_MODEL_PARAMS,
-    configure_threads,
-    generate_completions,
-    greedy_hit_rate,
-    run_sft_warmup,
-    sft_stop_iou,
-    sft_val_examples,
-)
+import importlib
+from typing import Any
+
+# Names resolve on first use, so that `medloc_core.training.config` (what the typed run config needs) can be
+# imported without transformers, peft and TRL.
+_HOMES = {
+    "CURRICULUM_STATE_NAME": "medloc_core.checkpoints",
+    "CompletionsTableCallback": "medloc_core.training.callbacks",
+    "CurriculumCallback": "medloc_core.training.callbacks",
+    "MetricsSink": "medloc_core.training.callbacks",
+    "default_metrics_sink": "medloc_core.training.callbacks",
+    "ADAPTERS": "medloc_core.training.config",
+    "HISTORY_NAME": "medloc_core.training.config",
+    "MEDGRPO_STATS_NAME": "medloc_core.training.config",
+    "SCHEDULES": "medloc_core.training.config",
+    "SFT_DONE_NAME": "medloc_core.training.config",
+    "TINY_ALIASES": "medloc_core.training.config",
+    "TrainingConfig": "medloc_core.training.config",
+    "resolve_model_path": "medloc_core.training.config",
+    "trl_field_names": "medloc_core.training.config",
+    "weights_dtype": "medloc_core.training.config",
+    "fit_medgrpo": "medloc_core.training.medgrpo",
+    "REQUIRED_COLUMNS": "medloc_core.training.rows",
+    "build_examples": "medloc_core.training.rows",
+    "check_frames": "medloc_core.training.rows",
+    "train_rows": "medloc_core.training.rows",
+    "TrainingResult": "medloc_core.training.session",
+    "TrainingSession": "medloc_core.training.session",
+    "latest_complete_checkpoint": "medloc_core.training.session",
+    "peak_rss_mb": "medloc_core.training.session",
+    "prepare_training": "medloc_core.training.session",
+    "read_history": "medloc_core.training.session",
+    "save_final_model": "medloc_core.training.session",
+    "train": "medloc_core.training.session",
+    "build_grpo_config": "medloc_core.training.trainer",
+    "load_full_weights": "medloc_core.training.trainer",
+    "SMALL_MODEL_PARAMS": "medloc_core.training.warmup",
+    "configure_threads": "medloc_core.training.warmup",
+    "generate_completions": "medloc_core.training.warmup",
+    "greedy_hit_rate": "medloc_core.training.warmup",
+    "run_sft_warmup": "medloc_core.training.warmup",
+    "sft_stop_iou": "medloc_core.training.warmup",
+    "sft_val_examples": "medloc_core.training.warmup",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CURRICULUM_STATE_NAME",

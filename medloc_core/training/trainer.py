@@ -97,8 +97,9 @@ def load_full_weights(model: Any, checkpoint_dir: str | os.PathLike) -> None:
 
 
 def _mlflow_run_active() -> bool:
-    """An MLflow run this process started or entered. Not under ``accelerate launch`` (``MLFLOW_RUN_ID`` set):
-    transformers' MLflow callback would try to start that already active run again and fail."""
+    """An MLflow run this process started or entered (the pipeline step's, or under ``accelerate launch`` the
+    one rank 0 resumed). Not while ``MLFLOW_RUN_ID`` is still set: transformers' MLflow callback would try to
+    start that already active run again and fail."""
     import mlflow
 
     return mlflow.active_run() is not None and not os.environ.get("MLFLOW_RUN_ID")

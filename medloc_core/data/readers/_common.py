@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from medloc_core.data.records import SPLITS
 from medloc_core.data.scan import ImageUnit, Target, list_images
@@ -104,6 +105,19 @@ def units_from_targets(dataset: str, pairs: Iterable[tuple[Path, Target]]) -> li
             unit = units[key] = ImageUnit(key, dataset, [])
         unit.targets.append(target)
     return list(units.values())
+
+
+def csv_data_rows(reader: Any, scan: Any, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of a ``csv.reader``'s data rows: blank lines are skipped (not rows), rows of only
+    delimiters are quarantined on ``scan`` (they are rows, with nothing in them)."""
+    for row in reader:
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if all(not c.strip() for c in row):
+            scan.quarantine_item(path, line, "row", "row has no values (only delimiters)")
+            continue
+        yield line, row
 
 
 def parse_box_text(value: object) -> list[float] | None:

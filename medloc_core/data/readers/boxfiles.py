@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medloc_core.data.readers._common import (
     ImageFinder,
+    csv_data_rows,
     decode_lines,
     parse_box_text,
     sniff_delimiter,
@@ -108,13 +109,7 @@ def _read_csv_file(
         return []
     fmt = "xywh" if box_cols[0] == "x" and coords == "pixels" else box_format
     out = []
-    for row in reader:
-        line = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # a blank line is not a row
-        if all(not c.strip() for c in row):
-            scan.quarantine_item(path, line, "row", "row has no values (only delimiters)")
-            continue
+    for line, row in csv_data_rows(reader, scan, path):
         if len(row) != len(header):
             scan.quarantine_item(
                 path, line, "row", f"malformed row: {len(row)} fields, header has {len(header)}"

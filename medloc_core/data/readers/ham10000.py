@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 
 from medloc_core.data.masks import MASK_MODES
-from medloc_core.data.readers._common import sniff_delimiter, units_from_targets
+from medloc_core.data.readers._common import csv_data_rows, sniff_delimiter, units_from_targets
 from medloc_core.data.scan import Scan, Target, list_images
 from medloc_core.data.templates import TARGET_LABELS, default_query
 
@@ -35,6 +35,11 @@ def _by_id(pairs) -> dict[str, Path | list[Path]]:
         have = out.get(key)
         out[key] = path if have is None else [*(have if isinstance(have, list) else [have]), path]
     return out
+
+
+def _several(image_id: str, what: str, paths: list[Path], root: Path) -> str:
+    names = ", ".join(str(p.relative_to(root)) for p in paths)
+    return f"image_id {image_id!r} has several {what}: {names}"
 
 
 def find_metadata(root: Path) -> Path:
@@ -75,13 +80,7 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
     col = {name: header.index(name) for name in header}
     pairs = []
     referenced: set[str] = set()
-    for row in reader:
-        line = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # a blank line is not a row
-        if all(not c.strip() for c in row):
-            scan.quarantine_item(metadata, line, "row", "row has no values (only delimiters)")
-            continue
+    for line, row in csv_data_rows(reader, scan, metadata):
         if len(row) != len(header):
             if col["image_id"] < len(row):  # its image is accounted for by this quarantined row
                 referenced.add(row[col["image_id"]].strip().lower())
@@ -105,14 +104,10 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
                 metadata, line, "dx", f"unknown label {dx!r}; expected one of {HAM_DIAGNOSES}"
             )
             continue
-        found = image_by_id.get(image_id.lower())
-        if isinstance(found, list):
-            names = ", ".join(str(p.relative_to(root)) for p in found)
-            scan.quarantine_item(
-                metadata, line, "image_id", f"image_id {image_id!r} has several image files: {names}"
-            )
+        image = image_by_id.get(image_id.lower())
+        if isinstance(image, list):
+            scan.quarantine_item(metadata, line, "image_id", _several(image_id, "image files", image, root))
             continue
-        image = found
         if image is None:
             scan.quarantine_item(
                 metadata, line, "image_id", f"no image file for image_id {image_id!r} under {root}"
@@ -120,10 +115,7 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
             continue
         mask = masks.get(image_id.lower())
         if isinstance(mask, list):
-            names = ", ".join(str(p.relative_to(root)) for p in mask)
-            scan.quarantine_item(
-                metadata, line, "mask_path", f"image_id {image_id!r} has several masks: {names}"
-            )
+            scan.quarantine_item(metadata, line, "mask_path", _several(image_id, "masks", mask, root))
             continue
         if mask is None:
             scan.quarantine_item(

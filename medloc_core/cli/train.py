@@ -127,14 +127,16 @@ def _parent_mlflow_run() -> Iterator[None]:
     """Attach rank 0 to the MLflow run named by ``MLFLOW_RUN_ID`` (set by :func:`launch.launch_training`).
 
     Under ``accelerate launch`` every rank runs this command; only rank 0 (``RANK`` unset or ``"0"``) opens the
-    run, so the per-step curriculum metrics land once, in the pipeline step's run.
+    run, so the per-step curriculum metrics and TRL's own (``report_to="mlflow"``, which TRL's MLflow callback
+    logs from the main process only) land once, in the pipeline step's run. The variable is then removed: with
+    it set, transformers' callback would start the already active run a second time and fail.
     """
     if not os.environ.get("MLFLOW_RUN_ID") or os.environ.get("RANK", "0") != "0":
         yield
         return
     import mlflow
 
-    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+    with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID")):
         yield
 
 

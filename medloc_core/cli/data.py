@@ -1,4 +1,4 @@
-"""``medloc data synth | ingest | preprocess``.
+"""``medloc data synth | ingest | preprocess``: the data area of the ``medloc`` command.
 
 Imports of numpy/pandas/Pillow happen inside the handlers so that ``medloc --help`` stays fast.
 """
@@ -11,10 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from medloc_core.data.readers import FORMATS  # one list: the readers registry
+from medloc_core.data.synth import KINDS
 
-from medloc_core.data.readers import FORMATS  # noqa: E402  (one list: the readers registry)
-from medloc_core.data.synth import KINDS  # noqa: E402
+log = logging.getLogger(__name__)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:

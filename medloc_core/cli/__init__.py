@@ -1,7 +1,7 @@
-"""The ``medloc`` command: one subcommand group per library area.
+"""The ``medloc`` command: one module of this package per command group.
 
-Each area registers its own subparser through a ``register(subparsers)`` function in its module, so this
-file stays a table of contents. Heavy imports happen inside the command handlers, keeping ``--help`` fast.
+Each module registers its own subparser through a ``register(subparsers)`` function, so this file stays a table
+of contents. Heavy imports happen inside the command handlers, keeping ``--help`` fast.
 """
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from collections.abc import Sequence
 
 # (module, what it adds). Each module exposes ``register(subparsers) -> None``; a handler is stored with
 # ``parser.set_defaults(func=callable(args) -> int)``.
 COMMAND_MODULES = (
-    "medloc_core.data.cli",  # medloc data synth|ingest|preprocess
-    "medloc_core.training_cli",  # medloc build-tiny-model, medloc train
-    "medloc_core.registry_cli",  # medloc evaluate, predict, promote
-    "medloc_core.run_cli",  # medloc run (the pipeline), medloc schedule
+    "medloc_core.cli.data",  # medloc data synth|ingest|preprocess
+    "medloc_core.cli.train",  # medloc build-tiny-model, medloc train
+    "medloc_core.cli.registry",  # medloc evaluate, predict, promote
+    "medloc_core.cli.run",  # medloc run (the pipeline), medloc schedule
 )
 
 
@@ -54,7 +53,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m medloc_core.cli``: the ``medloc`` command (``accelerate launch -m medloc_core.cli train`` uses it)."""
+
+import sys
+
+from medloc_core.cli import main
+
+sys.exit(main())
