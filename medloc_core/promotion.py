@@ -28,6 +28,8 @@ from medloc_core.registry import (
     TAG_REASONS,
     _client,
     get_alias_version,
+    log_model_metrics,
+    logged_model_id,
     metrics_to_tags,
     version_metrics,
 )
@@ -181,11 +183,12 @@ def promote_if_better(
     promotions at once cannot both decide against the same old champion. After moving, the champion alias is
     read again: if another process moved it meanwhile (a writer the lock cannot see), the two are compared with
     the same gate and the better one is put back (at most a few rounds). The candidate's metrics, base-model
-    metrics and evaluation-set hash come from its version tags (written by :func:`log_and_register`). The
+    metrics (those of its logged model) and evaluation-set hash (a version tag) come from
+    :func:`log_and_register`. The
     champion's metrics are trusted only when its evaluation-set hash equals the candidate's; otherwise
     ``reevaluate(champion_model_version) -> metrics`` is called when given (it must evaluate the champion on
     the candidate's set), else the candidate is refused with that reason. ``base_metrics`` (the base model on
-    the same set) replaces the ``base/`` tags stored at registration and is then stored on the version too.
+    the same set) replaces the base metrics stored at registration and is stored with the version's metrics.
     ``force`` promotes regardless (the reasons say what the gate would have decided). The decision is stored
     as version tags ``medloc.promotion.decision`` / ``medloc.promotion.reasons`` and, in an active run, as the
     text artifact ``promotion/version_<N>.txt``.
@@ -215,8 +218,8 @@ def _recheck_after_move(version: int, client: Any, *, metric: str, margin: float
         current = get_alias_version(CHAMPION, client=client)
         if current is None or int(current.version) == version:
             return
-        mine, _, my_hash = version_metrics(client.get_model_version(MODEL_NAME, str(version)))
-        theirs, _, their_hash = version_metrics(current)
+        mine, _, my_hash = version_metrics(client.get_model_version(MODEL_NAME, str(version)), client)
+        theirs, _, their_hash = version_metrics(current, client)
         if my_hash != their_hash:
             return  # not comparable here; the other promotion's own gate decided
         gate = decide_promotion(mine, theirs, None, metric=metric, margin=margin, require_beats_base=False)
@@ -245,10 +248,15 @@ def _promote_locked(
     client = _client(client)
     version = int(version)
     candidate = client.get_model_version(MODEL_NAME, str(version))
-    cand_metrics, stored_base, cand_hash = version_metrics(candidate)
-    if base_metrics is not None:
-        for key, value in metrics_to_tags(base_metrics, BASE_PREFIX).items():
-            client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+    cand_metrics, stored_base, cand_hash = version_metrics(candidate, client)
+    if base_metrics is not None:  # stored with the version's own metrics for the next decision
+        model_id = logged_model_id(candidate)
+        if model_id:
+            run_id = client.get_logged_model(model_id).source_run_id or candidate.run_id
+            log_model_metrics(model_id, run_id, base_metrics, base=True, client=client)
+        else:
+            for key, value in metrics_to_tags(base_metrics, BASE_PREFIX).items():
+                client.set_model_version_tag(MODEL_NAME, str(version), key, value)
     else:
         base_metrics = stored_base
     champion = get_alias_version(CHAMPION, client=client)
@@ -262,7 +270,7 @@ def _promote_locked(
     notes: list[str] = []
     comparable = True
     if champion is not None:
-        champ_metrics, _, champ_hash = version_metrics(champion)
+        champ_metrics, _, champ_hash = version_metrics(champion, client)
         notes.append(f"current champion is version {champion.version}")
         if champ_hash != cand_hash:
             if reevaluate is not None:

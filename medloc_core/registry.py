@@ -4,14 +4,15 @@
   model and beats the current champion by more than a margin on the same metric.
 * :class:`MedLocGrounderModel` is the MLflow pyfunc that predicts boxes from ``image`` + ``query`` columns.
 * :func:`log_and_register` logs the model folder (weights + processor) as a pyfunc, registers it as
-  ``medloc-grounder``, sets alias ``challenger`` and stores the evaluation metrics and the evaluation-set hash as
-  version tags.
-* :func:`promote_if_better` applies the rule against the current champion's tags, records the decision and
+  ``medloc-grounder``, sets alias ``challenger``, logs the evaluation metrics as metrics of the MLflow 3 logged
+  model (``eval/...``, the base model's ``eval_base/...``) and the evaluation-set hash as a version tag.
+* :func:`promote_if_better` applies the rule against the current champion's metrics, records the decision and
   moves alias ``champion`` when it passes.
 
 Metric values are in the units of :mod:`medloc_core.evaluation` (A@τ and pseudo-mAP in percent, mIoU 0-1).
-MLflow rejects ``@`` in tag names, so metric ``eval/A@0.5`` is stored as tag ``eval/A_at_0.5``
-(``evaluation.mlflow_key``) and read back with the inverse mapping. Predicted boxes are ``(x1, y1, x2, y2)`` in
+MLflow rejects ``@`` in metric names, so ``eval/A@0.5`` is stored as ``eval/A_at_0.5`` (``evaluation.mlflow_key``)
+and read back with the inverse mapping. Versions registered before the metrics moved to the logged model (and
+hand-made ones) carry them as version tags; :func:`version_metrics` reads those too. Predicted boxes are ``(x1, y1, x2, y2)`` in
 original-image pixels.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,8 @@ TAG_RUN_ID = "medloc.run_id"
 TAG_DECISION = "medloc.promotion.decision"
 TAG_REASONS = "medloc.promotion.reasons"
 TAG_ANSWER_STYLE = "medloc.answer_style"
-BASE_PREFIX = "base/"  # base-model metrics are stored as tags ``base/eval/...``
+BASE_PREFIX = "base/"  # base-model metrics as version tags (older versions): ``base/eval/...``
+BASE_METRIC_PREFIX = "eval_base/"  # base-model metrics on the logged model, named as in the run
 METRIC_TAG_PREFIX = "eval/"
 _MAX_TAG_VALUE = 5000
 
@@ -113,10 +116,61 @@ def get_alias_version(alias: str, *, client: Any = None, name: str = MODEL_NAME)
         raise
 
 
-def version_metrics(version: Any) -> tuple[dict[str, float], dict[str, float], str | None]:
-    """``(eval metrics, base-model metrics, eval-set hash)`` stored on a model version's tags."""
+def log_model_metrics(
+    model_id: str, run_id: str, metrics: Mapping[str, Any], *, base: bool = False, client: Any = None
+) -> None:
+    """Log ``eval/...`` metrics (finite numbers) as metrics of the logged model ``model_id`` (and of its source
+    run ``run_id``); ``base=True`` names them ``eval_base/...``, the base model's."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = []
+    for key, value in metrics.items():
+        if not key.startswith(METRIC_TAG_PREFIX) or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            name = mlflow_key(key.replace(METRIC_TAG_PREFIX, BASE_METRIC_PREFIX, 1) if base else key)
+            batch.append(Metric(name, number, now, 0, model_id=model_id))
+    if batch:
+        _client(client).log_batch(run_id, metrics=batch)
+
+
+def logged_model_id(version: Any) -> str | None:
+    """The MLflow 3 logged model behind a registry version (its ``source`` is ``models:/<model id>``), or None
+    for a version registered from a run's artifacts."""
+    model_id = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not model_id and source.startswith("models:/m-"):
+        model_id = source[len("models:/") :].split("/", 1)[0]
+    return model_id or None
+
+
+def version_metrics(
+    version: Any, client: Any = None
+) -> tuple[dict[str, float], dict[str, float], str | None]:
+    """``(eval metrics, base-model metrics, eval-set hash)`` of a model version: the metrics of its MLflow 3
+    logged model (the latest value of each key), else its version tags."""
     tags = dict(version.tags or {})
-    return tags_to_metrics(tags), tags_to_metrics(tags, BASE_PREFIX), tags.get(TAG_EVAL_SET_HASH)
+    model_id = logged_model_id(version)
+    latest: dict[str, tuple[int, float]] = {}
+    if model_id:
+        for metric in _client(client).get_logged_model(model_id).metrics or []:
+            if metric.key not in latest or metric.timestamp >= latest[metric.key][0]:
+                latest[metric.key] = (metric.timestamp, metric.value)
+    if not any(key.startswith(METRIC_TAG_PREFIX) for key in latest):
+        return tags_to_metrics(tags), tags_to_metrics(tags, BASE_PREFIX), tags.get(TAG_EVAL_SET_HASH)
+    values = {key.replace("_at_", "@"): value for key, (_, value) in latest.items()}
+    own = {key: value for key, value in values.items() if key.startswith(METRIC_TAG_PREFIX)}
+    base = {
+        METRIC_TAG_PREFIX + key[len(BASE_METRIC_PREFIX) :]: value
+        for key, value in values.items()
+        if key.startswith(BASE_METRIC_PREFIX)
+    }
+    return own, base, tags.get(TAG_EVAL_SET_HASH)
 
 
 def _ensure_experiment() -> None:
@@ -185,13 +239,10 @@ def log_and_register(
             ctx.__exit__(None, None, None)
     mv = mlflow.register_model(info.model_uri, MODEL_NAME)
     version = int(mv.version)
-    tags = {
-        TAG_EVAL_SET_HASH: eval_set_hash,
-        TAG_RUN_ID: logged_run_id,
-        TAG_ANSWER_STYLE: answer_style,
-        **metrics_to_tags(metrics),
-        **metrics_to_tags(base_metrics or {}, BASE_PREFIX),
-    }
+    # The metrics live on the logged model (MLflow 3: the model page lists them, linked to the run), not as tags.
+    log_model_metrics(info.model_id, logged_run_id, metrics, client=client)
+    log_model_metrics(info.model_id, logged_run_id, base_metrics or {}, base=True, client=client)
+    tags = {TAG_EVAL_SET_HASH: eval_set_hash, TAG_RUN_ID: logged_run_id, TAG_ANSWER_STYLE: answer_style}
     for key, value in tags.items():
         client.set_model_version_tag(MODEL_NAME, str(version), key, value)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, str(version))

@@ -168,6 +168,12 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert version.tags["medloc.run_id"] == run.info.run_id
     assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
     assert version.description.startswith("Promotion gate: ")
+    # the evaluation metrics are metrics of the MLflow 3 logged model, not string tags on the version
+    from medloc_core.registry import logged_model_id
+
+    assert not any(key.startswith(("eval/", "base/")) for key in version.tags), version.tags
+    logged = {m.key for m in client.get_logged_model(logged_model_id(version)).metrics}
+    assert {"eval/A_at_0.5", "eval/mIoU", "eval_base/A_at_0.5"} <= logged, logged
     # the served model prompts as the run trained and evaluated: the preprocessing's answer style (`answer`)
     import mlflow
 

@@ -187,8 +187,13 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     )
     assert v1 == 1
     assert _aliases(client) == {"challenger": 1}
-    tags = client.get_model_version(registry.MODEL_NAME, "1").tags
-    assert tags["eval/A_at_0.5"] == "60.0" and tags["base/eval/A_at_0.5"] == "20.0"
+    first = client.get_model_version(registry.MODEL_NAME, "1")
+    tags = first.tags
+    # the metrics are metrics of the MLflow 3 logged model (linked to the run), not string tags
+    logged = {m.key: m.value for m in client.get_logged_model(registry.logged_model_id(first)).metrics}
+    assert logged["eval/A_at_0.5"] == 60.0 and logged["eval_base/A_at_0.5"] == 20.0
+    assert not any(key.startswith(("eval/", "base/")) for key in tags), tags
+    assert registry.version_metrics(first, client)[:2] == ({"eval/A@0.5": 60.0, "eval/mIoU": 0.5}, base)
     assert tags[registry.TAG_EVAL_SET_HASH] == "h1"
     assert client.get_run(tags[registry.TAG_RUN_ID]).info.status == "FINISHED"
 
@@ -230,7 +235,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     assert not d.promote and "base model has no value" in d.reasons[-1]
     d = registry.promote_if_better(v4, client=client, base_metrics=base)  # given now (and stored)
     assert not d.promote and "does not beat the base model" in d.reasons[-1]
-    assert client.get_model_version(registry.MODEL_NAME, "4").tags["base/eval/A_at_0.5"] == "20.0"
+    assert registry.version_metrics(client.get_model_version(registry.MODEL_NAME, "4"), client)[1] == base
     assert cli.main(["promote", "--version", str(v4)]) == 1  # the gate rejected it: not a success
     assert _aliases(client) == {"challenger": 4, "champion": 3}
     assert cli.main(["promote", "--version", str(v4), "--force"]) == 0
