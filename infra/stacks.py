@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mlflow-uri",
         default=os.environ.get("MEDLOC_MLFLOW_TRACKING_URI", ""),
-        help="MLflow tracking URI (local: optional, empty = zero-config; local-s3: the server URL)",
+        help="MLflow tracking URI (local: optional, default the project's store, $MLFLOW_TRACKING_URI or "
+        "$MEDLOC_HOME/mlflow/mlflow.db; local-s3: the server URL)",
     )
     parser.add_argument("--s3-endpoint", default=os.environ.get("MEDLOC_S3_ENDPOINT_URL", ""))
     parser.add_argument("--bucket", default=os.environ.get("MEDLOC_S3_BUCKET", "medloc-artifacts"))
@@ -397,7 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     secrets = secret_values_from_env()
     if args.stack == LOCAL_STACK:
-        spec = local_stack_spec(args.mlflow_uri)
+        from medloc_core.tracking import tracking_uri
+
+        # The pipeline's embedded stack: the project's MLflow store unless a URI is given.
+        spec = local_stack_spec(args.mlflow_uri or tracking_uri())
     elif args.stack == LOCAL_S3_STACK:
         if not args.s3_endpoint or not args.mlflow_uri:
             print("local-s3 needs --s3-endpoint and --mlflow-uri", file=sys.stderr)
