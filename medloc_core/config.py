@@ -35,8 +35,9 @@ from pydantic import (
 
 from medloc_core.curriculum import CurriculumConfig
 from medloc_core.data.preprocess import preprocess
-from medloc_core.data.readers import FORMATS
+from medloc_core.data.readers import FORMATS, READERS
 from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION, SPLITS
+from medloc_core.data.synth import KINDS, Difficulty, generate
 from medloc_core.training.config import TrainingConfig
 
 
@@ -51,8 +52,17 @@ class _Strict(BaseModel):
 # ------------------------------------------------------------------------------------------------ data
 
 
+def _keywords(function: Any, *skip: str) -> list[str]:
+    return [
+        name
+        for name, param in inspect.signature(function).parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and name not in skip
+    ]
+
+
 class SourceConfig(_Strict):
-    """One dataset of the ``data.sources`` list: a reader format and the folder as downloaded."""
+    """One dataset of the ``data.sources`` list: a reader format, the folder as downloaded, the reader's keyword
+    options, and optionally ``synth`` (``data.synth.generate``'s arguments) to generate it there first."""
 
     format: str
     root: str
@@ -65,6 +75,27 @@ class SourceConfig(_Strict):
         if value not in FORMATS:
             raise ValueError(f"unknown format {value!r}; choose one of {FORMATS}")
         return value
+
+    @model_validator(mode="after")
+    def _known_options(self) -> SourceConfig:
+        # Passed on as keyword arguments at ingest time: an unknown name fails here, before any step runs.
+        valid = _keywords(READERS[self.format], "max_quarantine_fraction")
+        for key in self.options:
+            if key not in valid:
+                raise ValueError(f"options.{key}: not an option of the {self.format} reader (valid: {valid})")
+        if self.synth is not None:
+            valid = ["kind", *_keywords(generate)]
+            for key in self.synth:
+                if key not in valid:
+                    raise ValueError(f"synth.{key}: unknown key (valid: {valid})")
+            if self.synth.get("kind") not in KINDS or "n" not in self.synth:
+                raise ValueError(f"synth: needs 'kind' (one of {KINDS}) and 'n'")
+            difficulty = self.synth.get("difficulty") or {}
+            allowed = [f.name for f in dataclasses.fields(Difficulty)]
+            for key in difficulty:
+                if key not in allowed:
+                    raise ValueError(f"synth.difficulty.{key}: unknown key (valid: {allowed})")
+        return self
 
 
 class DataConfig(_Strict):

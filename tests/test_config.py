@@ -23,6 +23,15 @@ from medloc_core.training import TrainingConfig
         ({"registration": {"margin": "a lot"}}, "registration.margin"),
         ({"preprocessing": {"answer_stile": "answer"}}, "preprocessing.answer_stile: unknown key"),
         ({"data": {"sources": [{"format": "dicom-ish", "root": "x"}]}}, "data.sources.0.format"),
+        # reader options and synthetic-data keys are passed on as keyword arguments: checked by name too
+        (
+            {"data": {"sources": [{"format": "ham10000", "root": "x", "options": {"mask_mod": "union"}}]}},
+            "options.mask_mod: not an option of the ham10000 reader",
+        ),
+        (
+            {"data": {"sources": [{"format": "tn3k", "root": "x", "synth": {"kind": "tn3k", "nn": 5}}]}},
+            "synth.nn: unknown key",
+        ),
         # a cross-field rule of the dataclass fires at parse time too
         (
             {"training": {"num_generations": 3, "per_device_train_batch_size": 8}},
