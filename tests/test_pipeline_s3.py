@@ -83,6 +83,7 @@ def test_medloc_training_on_s3_artifact_store_and_mlflow_server(
 
     client = MlflowClient(tracking_uri=mlflow_s3.tracking_uri)
     experiment = client.get_experiment_by_name("medloc")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's classic ML view
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     assert mlflow_run.data.tags.get("zenml")  # started by the stack's ZenML MLflow experiment tracker
     history = client.get_metric_history(mlflow_run.info.run_id, "curriculum/threshold")
