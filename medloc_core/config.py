@@ -110,12 +110,8 @@ class DataConfig(_Strict):
 
 
 def _fields_of_signature(function: Any) -> dict[str, Any]:
-    hints = typing.get_type_hints(function)
-    return {
-        name: (hints.get(name, Any), param.default)
-        for name, param in inspect.signature(function).parameters.items()
-        if param.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    hints, params = typing.get_type_hints(function), inspect.signature(function).parameters
+    return {name: (hints.get(name, Any), params[name].default) for name in _keywords(function)}
 
 
 #: ``preprocessing:`` block: ``preprocess``'s keyword arguments and their defaults (pixels are areas in px²).

@@ -21,19 +21,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-LAUNCH_KEYS = {"num_processes", "mixed_precision", "main_process_port", "num_machines", "cpu", "extra_args"}
-
 
 def accelerate_command(options: Mapping[str, Any]) -> list[str]:
-    """``accelerate launch`` arguments from an ``accelerate`` config block (unknown keys are an error)."""
-    unknown = set(options) - LAUNCH_KEYS
-    if unknown:
-        raise ValueError(
-            f"training.accelerate: unknown keys {sorted(unknown)} (allowed: {sorted(LAUNCH_KEYS)})"
-        )
+    """``accelerate launch`` arguments from an ``accelerate`` config block, checked by ``config.AccelerateConfig``
+    (unknown keys and bad values raise pydantic's ``ValidationError``, a ``ValueError``)."""
+    from medloc_core.config import AccelerateConfig
+
+    options = AccelerateConfig.model_validate(dict(options)).model_dump(exclude_defaults=True)
     num = int(options.get("num_processes", 1))
-    if num < 1:
-        raise ValueError(f"training.accelerate.num_processes must be >= 1, got {num}")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num)]
     if num > 1:
         # torchrun-style launcher; for `cpu: true` the ranks form a gloo group because the training config sets

@@ -75,6 +75,23 @@ QWEN25VL_CHAT_TEMPLATE = (
 )
 
 
+def qwen_fast_tokenizer(tokenizer_object: Any, *, model_max_length: int) -> Any:
+    """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer`` set up as Qwen2.5-VL-Instruct's: ends a turn
+    with ``<|im_end|>``, pads (on the left, for generation) with ``<|endoftext|>``, the Instruct chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = QWEN25VL_CHAT_TEMPLATE
+    return fast
+
+
 def _image_only_processor_class():
     from transformers import Qwen2_5_VLProcessor
     from transformers.processing_utils import ProcessorMixin

@@ -20,6 +20,7 @@ from medloc_core.modeling import (
     QWEN_PRETOKENIZE_REGEX,
     QWEN_SPECIAL_TOKENS,
     _image_only_processor_class,
+    qwen_fast_tokenizer,
 )
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,6 @@ def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE, *, nu
     Qwen2.5-VL chat template.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -200,16 +200,7 @@ def build_tiny_tokenizer(seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE, *, nu
         split = [n for n in range(NUMBER_TOKEN_MAX + 1) if len(tok.encode(f" {n}").ids) != 2]
         if split:
             raise ValueError(f"vocab_size={vocab_size} is too small: {split[:5]}... are not one token each")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-        model_max_length=32768,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = QWEN25VL_CHAT_TEMPLATE
-    return fast
+    return qwen_fast_tokenizer(tok, model_max_length=32768)
 
 
 def build_tiny_qwen25vl(

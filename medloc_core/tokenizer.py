@@ -17,7 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medloc_core.modeling import QWEN25VL_CHAT_TEMPLATE, QWEN_PRETOKENIZE_REGEX, QWEN_SPECIAL_TOKENS
+from medloc_core.modeling import (
+    QWEN25VL_CHAT_TEMPLATE,
+    QWEN_PRETOKENIZE_REGEX,
+    QWEN_SPECIAL_TOKENS,
+    qwen_fast_tokenizer,
+)
 
 QWEN_BPE_SIZE = 151_643  # ranks in qwen.tiktoken; special tokens start here
 # Qwen2.5's 22 added tokens in id order (151643 ...).
@@ -75,18 +80,8 @@ def build_qwen25vl_tokenizer() -> Any:
     ``<|endoftext|>``, the Instruct chat template (default system turn, ``<|vision_start|><|image_pad|>
     <|vision_end|>`` per image)."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_backend_json()),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-        model_max_length=131_072,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = QWEN25VL_CHAT_TEMPLATE
-    return fast
+    return qwen_fast_tokenizer(Tokenizer.from_str(_backend_json()), model_max_length=131_072)
 
 
 def build_qwen25vl_processor(min_pixels: int, max_pixels: int) -> Any:
