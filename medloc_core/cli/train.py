@@ -140,6 +140,19 @@ def _parent_mlflow_run() -> Iterator[None]:
         yield
 
 
+def _close_process_group() -> None:
+    """End the ``accelerate launch`` process group before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads are torn down in arbitrary order and a rank can abort
+    with "terminate called without an active exception" after a successful run; the whole launch then fails.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _train(args: argparse.Namespace) -> int:
     from medloc_core.config import parse_block
     from medloc_core.training import train
@@ -152,6 +165,7 @@ def _train(args: argparse.Namespace) -> int:
     df = read_table(args.data)
     with _parent_mlflow_run():
         result = train(df, config, args.out, resume=not args.no_resume)
+    _close_process_group()  # after success only: a barrier after one rank failed would wait forever
     summary = {
         "model_dir": str(result.model_dir),
         "steps": result.steps,
