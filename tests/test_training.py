@@ -459,7 +459,8 @@ def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> 
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft_run, data, tmp_path) -> None:
-    """The multi-GPU path, run as two gloo ranks on CPU: one writer, one MLflow run, τ raised in step."""
+    """The multi-GPU path, run as two gloo ranks on CPU: a data-parallel SFT warm-up whose early-stop check runs
+    on rank 0 and stops both ranks together, then GRPO: one writer, one MLflow run, τ raised in step."""
     import mlflow
 
     from medloc_core.launch import launch_training
@@ -477,11 +478,18 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
         "max_completion_length": 24,
         "per_device_train_batch_size": 4,
         "curriculum": dict(FORCED),
+        "sft_warmup_steps": 4,
+        "sft_batch_size": 2,
+        "sft_learning_rate": 1e-3,
+        "sft_stop_hit_rate": 1.0,
+        "sft_check_every": 2,
     }
+    prepared = data.copy()
+    prepared.loc[prepared.index[:2], "split"] = "val"  # the early-stop check's rows
     try:
         with mlflow.start_run() as run:
             result = launch_training(
-                data,
+                prepared,
                 cfg,
                 tmp_path / "out",
                 accelerate={"num_processes": 2, "cpu": True},
@@ -490,6 +498,11 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     finally:
         mlflow.set_tracking_uri(previous_uri)
     assert result["num_processes"] == 2 and result["steps"] == 3
+    sft = result[
+        "sft"
+    ]  # the bar (1.0) is out of reach: one check at step 2 (not 4, the last), all 4 steps run
+    assert sft["steps"] == 4 and not sft["stopped_early"] and [c[0] for c in sft["val_checks"]] == [2]
+    assert len(sft["losses"]) == 4 and (tmp_path / "out" / "sft" / "config.json").is_file()
     assert [row["step"] for row in result["history"]] == [1, 2, 3]  # rank 1 wrote no duplicate rows
     history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "curriculum/threshold")
     assert sorted(m.step for m in history) == [1, 2, 3]
