@@ -129,6 +129,65 @@ def _callback_classes():
     return StepRecorder, EarlyStop
 
 
+def build_sft_trainer(
+    model: Any,
+    processor: Any,
+    examples: Sequence[SFTExample],
+    output_dir: str,
+    *,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    max_grad_norm: float = 1.0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    bf16: bool = False,
+    use_cpu: bool = True,
+    lr_schedule: str = "constant",
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """TRL's ``SFTTrainer`` for the warm-up (see :func:`sft_warmup` for the arguments); saves nothing."""
+    from trl import SFTConfig, SFTTrainer
+
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    args = SFTConfig(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=learning_rate,
+        lr_scheduler_type=_TRANSFORMERS_SCHEDULES[lr_schedule],
+        warmup_steps=max(1, steps // 10),
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        max_length=None,  # never cut an image's tokens: the frame is bounded by the processor's max_pixels
+        completion_only_loss=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],  # the caller logs the curve as sft/* (GRPO's own metrics share the run's step axis)
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft_dataset(examples),
+        processing_class=processor,
+        callbacks=list(callbacks),
+    )
+    if not progress:  # disable_tqdm makes Trainer print every log dict instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def sft_warmup(
     model: Any,
     processor: Any,
@@ -163,7 +222,6 @@ def sft_warmup(
     :class:`SFTResult`.
     """
     import torch
-    from trl import SFTConfig, SFTTrainer
 
     if steps <= 0:
         return SFTResult(steps=0)
@@ -171,10 +229,6 @@ def sft_warmup(
         raise ValueError("sft_warmup: no examples (the train split is empty)")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("sft_warmup: the model has no trainable parameters")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-    if use_cpu is None:
-        use_cpu = not torch.cuda.is_available()
     result = SFTResult(steps=steps)
     recorder_cls, early_stop_cls = _callback_classes()
     callbacks = [recorder_cls(result, on_step)]
@@ -182,39 +236,23 @@ def sft_warmup(
         callbacks.append(early_stop_cls(result, stop_when, check_every, stop_at, steps))
     was_training = model.training
     with tempfile.TemporaryDirectory(prefix="medloc-sft-") as scratch:  # save_strategy="no": stays empty
-        args = SFTConfig(
-            output_dir=scratch,
-            max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=1,
+        trainer = build_sft_trainer(
+            model,
+            processor,
+            examples,
+            scratch,
+            steps=steps,
             learning_rate=learning_rate,
-            lr_scheduler_type=_TRANSFORMERS_SCHEDULES[lr_schedule],
-            warmup_steps=max(1, steps // 10),
-            weight_decay=weight_decay,
+            batch_size=batch_size,
             max_grad_norm=max_grad_norm,
+            weight_decay=weight_decay,
             seed=seed,
-            data_seed=seed,
             bf16=bf16,
-            use_cpu=use_cpu,
-            max_length=None,  # never cut an image's tokens: the frame is bounded by the processor's max_pixels
-            completion_only_loss=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],  # the caller logs the curve as sft/* (GRPO's own metrics share the run's step axis)
-            disable_tqdm=not progress,
-            dataloader_num_workers=0,
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=sft_dataset(examples),
-            processing_class=processor,
+            use_cpu=not torch.cuda.is_available() if use_cpu is None else use_cpu,
+            lr_schedule=lr_schedule,
+            progress=progress,
             callbacks=callbacks,
         )
-        if not progress:  # disable_tqdm makes Trainer print every log dict instead
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
         t0 = time.perf_counter()
         try:
             trainer.train()
