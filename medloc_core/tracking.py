@@ -171,10 +171,8 @@ def log_training_result(result: Mapping[str, Any], folder: Path, schedule: str) 
     mlflow.log_artifact(str(Path(folder) / "history.jsonl"), artifact_path="training")
     sft = dict(result.get("sft") or {})
     losses = sft.pop("losses", None) or []
-    accuracy = sft.pop("token_accuracy", None) or []
     if losses:  # the SFT warm-up's learning curve, one point per SFT step, and its early-stop checks
         rows = [{"step": i, "sft/loss": v} for i, v in enumerate(losses, start=1)]
-        rows += [{"step": i, "sft/mean_token_accuracy": v} for i, v in enumerate(accuracy, start=1)]
         rows += [{"step": int(step), "sft/val_hit_rate": v} for step, v in sft.get("val_checks") or []]
         log_history_rows(rows, up_to_step=len(losses))
     summary: dict[str, Any] = {key: result[key] for key in SUMMARY_KEYS}

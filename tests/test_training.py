@@ -459,8 +459,8 @@ def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> 
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft_run, data, tmp_path) -> None:
-    """The multi-GPU path, run as two gloo ranks on CPU: a data-parallel SFT warm-up whose early-stop check runs
-    on rank 0 and stops both ranks together, then GRPO: one writer, one MLflow run, τ raised in step."""
+    """The multi-GPU path, run as two gloo ranks on CPU: the SFT warm-up (with its early-stop check) on rank 0,
+    reused by rank 1, then GRPO: one writer, one MLflow run, τ raised in step."""
     import mlflow
 
     from medloc_core.launch import launch_training
@@ -498,9 +498,8 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     finally:
         mlflow.set_tracking_uri(previous_uri)
     assert result["num_processes"] == 2 and result["steps"] == 3
-    sft = result[
-        "sft"
-    ]  # the bar (1.0) is out of reach: one check at step 2 (not 4, the last), all 4 steps run
+    # The bar (1.0) is out of reach: one check at step 2 (not at 4, the last step), all 4 steps run.
+    sft = result["sft"]
     assert sft["steps"] == 4 and not sft["stopped_early"] and [c[0] for c in sft["val_checks"]] == [2]
     assert len(sft["losses"]) == 4 and (tmp_path / "out" / "sft" / "config.json").is_file()
     assert [row["step"] for row in result["history"]] == [1, 2, 3]  # rank 1 wrote no duplicate rows

@@ -232,9 +232,10 @@ def prepare_training(
     model_path = base_path
     if config.sft_warmup_steps > 0:
         val_examples = sft_val_examples(prepared_df, config, processor)
-        # Every rank trains (TRL's SFTTrainer runs data-parallel under `accelerate launch`); the main one saves.
-        model_path, sft_summary = run_sft_warmup(config, base_path, processor, examples, out, val_examples)
-        proc_state.wait_for_everyone()
+        with proc_state.main_process_first():
+            model_path, sft_summary = run_sft_warmup(
+                config, base_path, processor, examples, out, val_examples
+            )
 
     torch.manual_seed(config.seed)
     model = modeling.load_model(model_path, dtype=weights_dtype(config))

@@ -130,10 +130,11 @@ def run_sft_warmup(
             logger.info("reusing finished SFT warm-up in %s", sft_dir)
             return str(sft_dir), summary
     import torch
-    from accelerate import PartialState
 
     torch.manual_seed(config.seed)
     model = modeling.load_model(model_path, dtype="float32")  # fp32 master weights; bf16 only in autocast
+    if not config.use_cpu and torch.cuda.is_available():
+        model.to("cuda")
     configure_threads(config, model)
     lr = config.sft_learning_rate
     if lr is None:
@@ -156,12 +157,15 @@ def run_sft_warmup(
         seed=config.seed,
         progress=config.progress,
         bf16=config.bf16,
-        use_cpu=config.use_cpu,
         lr_schedule=config.sft_lr_scheduler_type,
         stop_when=val_hit_rate if stop is not None else None,
         check_every=config.sft_check_every,
         stop_at=stop if stop is not None else 1.0,
     )
+    if sft_dir.exists():
+        shutil.rmtree(sft_dir)
+    model.save_pretrained(str(sft_dir))
+    processor.save_pretrained(str(sft_dir))
     summary = {
         "steps": res.steps,
         "max_steps": config.sft_warmup_steps,
@@ -177,13 +181,7 @@ def run_sft_warmup(
         "lr_schedule": config.sft_lr_scheduler_type,
         "batch_size": config.sft_batch_size,
         "losses": [round(v, 4) for v in res.losses],
-        "token_accuracy": [round(v, 4) for v in res.token_accuracy],
     }
-    if PartialState().is_main_process:  # one writer under `accelerate launch`; the caller waits for it
-        if sft_dir.exists():
-            shutil.rmtree(sft_dir)
-        model.save_pretrained(str(sft_dir))
-        processor.save_pretrained(str(sft_dir))
-        done.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    done.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     del model
     return str(sft_dir), summary
