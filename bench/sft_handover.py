@@ -21,15 +21,17 @@ import common
 from curriculum import local_recipe
 
 
-def trace(seed: int, work: Path, every: int) -> list[dict[str, Any]]:
-    """The recipe's SFT warm-up for stand-in init seed ``seed``, scored every ``every`` steps and at the end."""
+def trace(seed: int, work: Path, every: int, steps: int | None, n: int) -> list[dict[str, Any]]:
+    """The recipe's SFT warm-up (``steps``: None = the recipe's) for stand-in init seed ``seed`` on ``n`` images,
+    scored every ``every`` steps and at the end."""
     common.limit_threads(1)
     import torch
 
     from medloc_core import modeling, sft, training
 
     recipe = local_recipe()
-    prepared = common.synthetic_prepared(work / "data", n=600, seed=0, size=224, contrast=1.0, blur=0.0)
+    steps = recipe["sft_warmup_steps"] if steps is None else steps
+    prepared = common.synthetic_prepared(work / "data", n=n, seed=0, size=224, contrast=1.0, blur=0.0)
     base = modeling.ensure_tiny_model(
         work / "models",
         seed=seed,
@@ -66,7 +68,7 @@ def trace(seed: int, work: Path, every: int) -> list[dict[str, Any]]:
         model,
         processor,
         examples,
-        steps=recipe["sft_warmup_steps"],
+        steps=steps,
         learning_rate=recipe["sft_learning_rate"],
         batch_size=recipe.get("sft_batch_size", 8),
         seed=seed,
@@ -75,7 +77,7 @@ def trace(seed: int, work: Path, every: int) -> list[dict[str, Any]]:
         stop_when=check,  # returns None: it scores, it never stops the warm-up
         check_every=every,
     )
-    check(recipe["sft_warmup_steps"])
+    check(steps)
     return rows
 
 
@@ -86,11 +88,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--every", type=int, default=50, help="steps between checks")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument("--steps", type=int, default=None, help="SFT steps (default: the recipe's)")
+    parser.add_argument("--n", type=int, default=600, help="synthetic images (~20 %% test, ~10 %% val)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/medloc_sft_handover"))
     args = parser.parse_args()
     t0 = time.perf_counter()
-    common.synthetic_prepared(args.work / "data", n=600, seed=0, size=224, contrast=1.0, blur=0.0)  # once
-    jobs = [(seed, args.work, args.every) for seed in args.seeds]
+    common.synthetic_prepared(args.work / "data", n=args.n, seed=0, size=224, contrast=1.0, blur=0.0)  # once
+    jobs = [(seed, args.work, args.every, args.steps, args.n) for seed in args.seeds]
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             traces = pool.starmap(trace, jobs)

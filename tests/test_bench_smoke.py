@@ -68,6 +68,18 @@ def test_overhead_bench_measures_the_bare_loop(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_sft_handover_bench_scores_every_check_and_the_end(tmp_path: Path) -> None:
+    _run(
+        tmp_path, "bench/sft_handover.py", "--seeds", "0", "--steps", "4", "--every", "2", "--n", "30",
+        "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    lines = (tmp_path / "results" / "sft_handover.md").read_text().splitlines()
+    rows = [line.strip("| ").split(" | ") for line in lines if line.startswith("| 0 |")]
+    assert [r[1] for r in rows] == ["2", "4"]  # a check at step 2 and the end (4)
+    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[2:])
+
+
+@pytest.mark.slow
 def test_gpu_bench_prints_a_row_per_variant_that_trained(tmp_path: Path) -> None:
     out = _run(tmp_path, "bench/gpu.py", "--steps", "2", "--n", "12", "--work", str(tmp_path / "work"))
     assert "| adapter | grad. checkpointing | step (s) |" in out.stdout
