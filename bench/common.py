@@ -91,6 +91,19 @@ def synthetic_prepared(
     return prepared
 
 
+def stand_in(work: Path, seed: int) -> tuple[Path, Any]:
+    """The ``grounder`` stand-in (init seed ``seed``, built once under ``work/models``) and its processor, set to
+    the bench's input frame (``MIN_PIXELS``..``MAX_PIXELS``)."""
+    from medloc_core import modeling
+
+    base = modeling.ensure_tiny_model(
+        work / "models", seed=seed, size="grounder", min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS
+    )
+    processor = modeling.load_processor(str(base))
+    modeling.set_pixel_bounds(processor, MIN_PIXELS, MAX_PIXELS)
+    return base, processor
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0.0 for a single value). NaNs are an error."""
     vals = [float(v) for v in values]

@@ -92,7 +92,7 @@ def local_recipe() -> dict[str, Any]:
 def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
     """Build the stand-in (init seed ``seed``) and run the local recipe's SFT warm-up on the train split (the
     pipeline's own ``training.run_sft_warmup``, early stop on the val split included); return its folder."""
-    from medloc_core import modeling, training
+    from medloc_core import training
 
     recipe = local_recipe()
     keys = [k for k in recipe if k.startswith("sft_") and k != "sft_warmup_steps"]
@@ -105,15 +105,7 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
         seed=seed,
         progress=False,
     )
-    base = modeling.ensure_tiny_model(
-        work / "models",
-        seed=seed,
-        size="grounder",
-        min_pixels=common.MIN_PIXELS,
-        max_pixels=common.MAX_PIXELS,
-    )
-    processor = modeling.load_processor(str(base))
-    modeling.set_pixel_bounds(processor, common.MIN_PIXELS, common.MAX_PIXELS)
+    base, processor = common.stand_in(work, seed)
     rows = training.train_rows(prepared)
     training.check_frames(rows, processor)
     examples = training.build_examples(rows, "answer")

@@ -32,15 +32,7 @@ def trace(seed: int, work: Path, every: int, steps: int | None, n: int) -> list[
     recipe = local_recipe()
     steps = recipe["sft_warmup_steps"] if steps is None else steps
     prepared = common.synthetic_prepared(work / "data", n=n, seed=0, size=224, contrast=1.0, blur=0.0)
-    base = modeling.ensure_tiny_model(
-        work / "models",
-        seed=seed,
-        size="grounder",
-        min_pixels=common.MIN_PIXELS,
-        max_pixels=common.MAX_PIXELS,
-    )
-    processor = modeling.load_processor(str(base))
-    modeling.set_pixel_bounds(processor, common.MIN_PIXELS, common.MAX_PIXELS)
+    base, processor = common.stand_in(work, seed)
     splits = {
         s: training.build_examples(training.train_rows(prepared, s), "answer")
         for s in ("train", "val", "test")
