@@ -53,6 +53,17 @@ def tracking_uri() -> str:
     return f"sqlite:///{db}"
 
 
+def tag_experiment_kind(experiment: Any) -> None:
+    """Give an existing MLflow ``Experiment`` the classic-ML kind tag (MLflow 3's UI opens an experiment by its
+    kind) when it lacks one: one made by an older version, or by ZenML's tracker on a remote server."""
+    import mlflow
+
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
+
+
 def configure_mlflow(experiment: str = EXPERIMENT, uri: str | None = None) -> str:
     """Point MLflow at ``uri`` (default :func:`tracking_uri`) and make sure the experiment exists; return its id.
 
@@ -65,10 +76,7 @@ def configure_mlflow(experiment: str = EXPERIMENT, uri: str | None = None) -> st
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
-        if EXPERIMENT_KIND_TAG not in (existing.tags or {}):
-            mlflow.MlflowClient().set_experiment_tag(
-                existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-            )
+        tag_experiment_kind(existing)
         mlflow.set_experiment(experiment_id=existing.experiment_id)
         return existing.experiment_id
     artifact_location = None

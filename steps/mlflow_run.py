@@ -77,13 +77,7 @@ def pipeline_mlflow_run() -> Any:
             "no active MLflow run: the step must declare experiment_tracker=True and the active ZenML stack "
             "must have an MLflow experiment tracker (`python infra/stacks.py local --set`)"
         )
-    experiment = mlflow.get_experiment(run.info.experiment_id)
-    if tracking.EXPERIMENT_KIND_TAG not in (
-        experiment.tags or {}
-    ):  # created by the tracker on a remote server
-        mlflow.MlflowClient().set_experiment_tag(
-            experiment.experiment_id, tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND
-        )
+    tracking.tag_experiment_kind(mlflow.get_experiment(run.info.experiment_id))
     context = get_step_context()
     mlflow.set_tags(
         {
