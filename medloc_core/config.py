@@ -210,7 +210,11 @@ class EvaluationConfig(_Strict):
 
 
 class RegistrationConfig(_Strict):
-    """``registration:`` block. ``margin`` is in the metric's units (percentage points for A@0.5)."""
+    """``registration:`` block. ``margin`` is in the metric's units (percentage points for A@0.5).
+
+    ``require_significant_gain`` (with ``require_beats_base``): promote only when the paired-bootstrap 95 %
+    interval of the gain over the base model on the test images lies above 0 (``promotion.decide_promotion``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -219,6 +223,7 @@ class RegistrationConfig(_Strict):
     metric: str = "eval/A@0.5"
     margin: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     require_beats_base: bool = True
+    require_significant_gain: bool = True
 
 
 # ------------------------------------------------------------------------------------------ the whole

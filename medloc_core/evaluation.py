@@ -59,13 +59,18 @@ def accuracy_at(ious: Any, tau: float) -> float:
     return float(100.0 * np.mean(arr >= tau))
 
 
+def _per_image_map(arr: np.ndarray) -> np.ndarray:
+    """Per image, the share of τ in ``PSEUDO_MAP_THRESHOLDS`` with IoU >= τ, in percent (its mean is pseudo-mAP)."""
+    thresholds = np.asarray(PSEUDO_MAP_THRESHOLDS)
+    return 100.0 * np.mean(arr[:, None] >= thresholds[None, :], axis=1)
+
+
 def pseudo_map(ious: Any) -> float:
     """Mean of A@τ over τ = 0.50, 0.55, …, 0.95, in percent (MedLoc-R1's "mAP"). NaN if empty."""
     arr = _as_ious(ious)
     if arr.size == 0:
         return float("nan")
-    thresholds = np.asarray(PSEUDO_MAP_THRESHOLDS)
-    return float(100.0 * np.mean(arr[:, None] >= thresholds[None, :]))
+    return float(np.mean(_per_image_map(arr)))
 
 
 def mean_iou(ious: Any) -> float:
@@ -136,6 +141,7 @@ def paired_gain(
         f"A@{t:g}": 100.0 * ((model >= t).astype(float) - (base >= t).astype(float))
         for t in HEADLINE_THRESHOLDS
     }
+    diffs["pseudo_mAP"] = _per_image_map(model) - _per_image_map(base)
     diffs["mIoU"] = model - base
     for name, diff in diffs.items():
         key = f"{PREFIX}/gain/{name}"

@@ -55,6 +55,32 @@ def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | Non
     return value if math.isfinite(value) else None  # NaN or ±inf is a broken evaluation, never a winner
 
 
+def gain_key(metric: str) -> str:
+    """``eval/A@0.5`` -> ``eval/gain/A@0.5``: where ``evaluation.paired_gain`` puts the paired gain of ``metric``."""
+    prefix, _, name = metric.rpartition("/")
+    return f"{prefix}/gain/{name}" if prefix else f"gain/{name}"
+
+
+def _gain_is_significant(candidate: Mapping[str, Any], metric: str) -> tuple[bool, str]:
+    """Whether the paired gain's 95 % lower bound is > 0, and one sentence that states the interval."""
+    key = gain_key(metric)
+    gain = _metric_value(candidate, key)
+    low = _metric_value(candidate, f"{key}_ci_low")
+    high = _metric_value(candidate, f"{key}_ci_high")
+    if gain is None or low is None or high is None:
+        return False, (
+            f"no paired-bootstrap interval of the gain over the base model ({key}_ci_low/_ci_high): its "
+            "significance cannot be checked (evaluate with evaluation.evaluate_base, or skip the check)"
+        )
+    interval = f"{gain:+.4g} [{low:+.4g}, {high:+.4g}] (paired bootstrap, 95 %)"
+    if low > 0:
+        return True, f"its gain over the base model is significant: {key} = {interval}"
+    return (
+        False,
+        f"its gain over the base model is not significant: {key} = {interval}, the interval reaches 0",
+    )
+
+
 def decide_promotion(
     candidate: Mapping[str, Any],
     champion: Mapping[str, Any] | None,
@@ -63,6 +89,7 @@ def decide_promotion(
     metric: str = DEFAULT_METRIC,
     margin: float = 0.0,
     require_beats_base: bool = True,
+    require_significant_gain: bool = True,
 ) -> PromotionDecision:
     """The promotion gate, as a pure function of metric dicts (keys as in ``evaluation.evaluate_ious``).
 
@@ -70,7 +97,10 @@ def decide_promotion(
 
     1. the candidate has a finite ``metric``;
     2. with ``require_beats_base``: the base model has the metric and ``candidate > base`` (strictly);
-    3. there is no champion, or the champion has the metric and ``candidate - champion > margin`` (strictly, so a
+    3. with ``require_beats_base`` and ``require_significant_gain``: the candidate carries the paired-bootstrap
+       interval of its gain over the base model on the same images (``eval/gain/<name>_ci_low/_ci_high``, from
+       ``evaluation.paired_gain``) and its lower bound is > 0, so a gain that could be noise is not promoted;
+    4. there is no champion, or the champion has the metric and ``candidate - champion > margin`` (strictly, so a
        tie never replaces the champion; ``margin`` is in the metric's units, e.g. percentage points for A@0.5).
 
     A champion without the metric is not comparable: the candidate is refused (re-evaluate or force).
@@ -94,6 +124,11 @@ def decide_promotion(
                 False, [f"candidate {metric}={cand:.4g} does not beat the base model ({base_value:.4g})"]
             )
         reasons.append(f"candidate {metric}={cand:.4g} beats the base model ({base_value:.4g})")
+        if require_significant_gain:
+            significant, why = _gain_is_significant(candidate, metric)
+            if not significant:
+                return PromotionDecision(False, [*reasons, why])
+            reasons.append(why)
     if champion is None:
         reasons.append("there is no current champion")
         return PromotionDecision(True, reasons)
@@ -173,6 +208,7 @@ def promote_if_better(
     metric: str = DEFAULT_METRIC,
     client: Any = None,
     require_beats_base: bool = True,
+    require_significant_gain: bool = True,
     force: bool = False,
     reevaluate: Callable[[Any], Mapping[str, Any]] | None = None,
     base_metrics: Mapping[str, Any] | None = None,
@@ -189,7 +225,8 @@ def promote_if_better(
     ``reevaluate(champion_model_version) -> metrics`` is called when given (it must evaluate the champion on
     the candidate's set), else the candidate is refused with that reason. ``base_metrics`` (the base model on
     the same set) replaces the base metrics stored at registration and is stored with the version's metrics.
-    ``force`` promotes regardless (the reasons say what the gate would have decided). The decision is stored
+    ``require_significant_gain`` also asks for a paired gain over the base whose 95 % lower bound is > 0
+    (:func:`decide_promotion`). ``force`` promotes regardless (the reasons say what the gate would have decided). The decision is stored
     as version tags ``medloc.promotion.decision`` / ``medloc.promotion.reasons`` and, in an active run, as the
     text artifact ``promotion/version_<N>.txt``.
     """
@@ -201,6 +238,7 @@ def promote_if_better(
             metric=metric,
             client=client,
             require_beats_base=require_beats_base,
+            require_significant_gain=require_significant_gain,
             force=force,
             reevaluate=reevaluate,
             base_metrics=base_metrics,
@@ -240,6 +278,7 @@ def _promote_locked(
     metric: str,
     client: Any,
     require_beats_base: bool,
+    require_significant_gain: bool,
     force: bool,
     reevaluate: Callable[[Any], Mapping[str, Any]] | None,
     base_metrics: Mapping[str, Any] | None,
@@ -292,6 +331,7 @@ def _promote_locked(
             metric=metric,
             margin=margin,
             require_beats_base=require_beats_base,
+            require_significant_gain=require_significant_gain,
         )
     else:
         gate = PromotionDecision(False, [])
@@ -355,6 +395,7 @@ def register_and_promote(
         margin=settings.margin,
         metric=settings.metric,
         require_beats_base=settings.require_beats_base,
+        require_significant_gain=settings.require_significant_gain,
         base_metrics=base_metrics or None,
     )
     return {

@@ -48,6 +48,7 @@ def evaluate_model(
         mlflow.log_artifact(str(folder / "base_predictions.csv"), artifact_path="evaluation")
         gain = paired_gain(predictions, base_predictions, n_boot=options["n_boot"])
         mlflow.log_metrics(mlflow_metrics(gain))
+        metrics = {**metrics, **gain}  # registered with the model: the gate's significance check reads it
         logger.info(
             "Trained model vs its starting point (%s, %d images): %s",
             split,

@@ -32,11 +32,19 @@ def m(value: float | None, **extra: float) -> dict:
     return {**out, **extra}
 
 
+def g(value: float, gain: float = 10.0, low: float = 2.0, high: float = 18.0, **extra: float) -> dict:
+    """A candidate's metrics with the paired gain over the base model and its 95 % interval."""
+    return m(value, **{f"{G}": gain, f"{G}_ci_low": low, f"{G}_ci_high": high}, **extra)
+
+
+G = "eval/gain/A@0.5"
+
+
 # ------------------------------------------------------------------------------------ decision table
 
 DECISIONS = [
     # (candidate, champion, base, margin, require_base, promote, reason fragment)
-    (m(60), None, m(20), 0.0, True, True, "there is no current champion"),
+    (g(60), None, m(20), 0.0, True, True, "there is no current champion"),
     (m(60), None, None, 0.0, True, False, "base model has no value"),
     (m(60), None, None, 0.0, False, True, "there is no current champion"),
     (m(20), None, m(20), 0.0, True, False, "does not beat the base model"),  # tie with base
@@ -45,16 +53,64 @@ DECISIONS = [
     (m(float("nan")), None, m(20), 0.0, True, False, "candidate has a non-finite value (nan)"),
     (m(float("inf")), m(90), m(20), 0.0, True, False, "candidate has a non-finite value (inf)"),
     (m(float("-inf")), None, m(20), 0.0, False, False, "non-finite"),
-    (m(60), m(float("nan")), m(20), 0.0, True, False, "champion has no value"),
+    (g(60), m(float("nan")), m(20), 0.0, True, False, "champion has no value"),
     (m(60), None, m(float("inf")), 0.0, True, False, "base model has no value"),
-    (m(60), m(50), m(20), 0.0, True, True, "beats the champion (50) by 10 > margin 0"),
-    (m(60), m(60), m(20), 0.0, True, False, "does not beat the champion"),  # tie with champion
-    (m(60), m(59.5), m(20), 1.0, True, False, "by more than margin 1"),  # below margin
-    (m(60), m(59), m(20), 1.0, True, False, "difference 1"),  # exactly the margin is not enough
-    (m(60.5), m(59), m(20), 1.0, True, True, "by 1.5 > margin 1"),
-    (m(60), m(70), m(20), 0.0, True, False, "does not beat the champion (70)"),
-    (m(60), m(None, **{"eval/mIoU": 0.5}), m(20), 0.0, True, False, "champion has no value"),
+    (g(60), m(50), m(20), 0.0, True, True, "beats the champion (50) by 10 > margin 0"),
+    (g(60), m(60), m(20), 0.0, True, False, "does not beat the champion"),  # tie with champion
+    (g(60), m(59.5), m(20), 1.0, True, False, "by more than margin 1"),  # below margin
+    (g(60), m(59), m(20), 1.0, True, False, "difference 1"),  # exactly the margin is not enough
+    (g(60.5), m(59), m(20), 1.0, True, True, "by 1.5 > margin 1"),
+    (g(60), m(70), m(20), 0.0, True, False, "does not beat the champion (70)"),
+    (g(60), m(None, **{"eval/mIoU": 0.5}), m(20), 0.0, True, False, "champion has no value"),
     (m(15), m(10), m(20), 0.0, True, False, "does not beat the base model"),  # beats champion, not base
+    # the paired gain over the base must be significant (lower bound > 0); the reason states the interval
+    (
+        g(60, 3.4, -5.0, 12.6),
+        None,
+        m(56.6),
+        0.0,
+        True,
+        False,
+        "not significant: eval/gain/A@0.5 = +3.4 [-5, +12.6]",
+    ),
+    (g(60, 3.4, 0.0, 12.6), None, m(56.6), 0.0, True, False, "the interval reaches 0"),  # 0 is not above 0
+    (
+        g(60, 3.4, 0.1, 12.6),
+        None,
+        m(56.6),
+        0.0,
+        True,
+        True,
+        "significant: eval/gain/A@0.5 = +3.4 [+0.1, +12.6]",
+    ),
+    (
+        g(60, 3.4, -5.0, 12.6),
+        m(50),
+        m(56.6),
+        0.0,
+        True,
+        False,
+        "not significant",
+    ),  # beats champion, noise vs base
+    (m(60), None, m(20), 0.0, True, False, "no paired-bootstrap interval"),  # no interval: cannot tell
+    (
+        m(60, **{G: 40.0, f"{G}_ci_low": float("nan"), f"{G}_ci_high": 50.0}),
+        None,
+        m(20),
+        0.0,
+        True,
+        False,
+        "no paired",
+    ),
+    (
+        g(60, 3.4, -5.0, 12.6),
+        None,
+        m(56.6),
+        0.0,
+        False,
+        True,
+        "there is no current champion",
+    ),  # base check off
 ]
 
 
@@ -66,8 +122,15 @@ def test_decide_promotion_table(candidate, champion, base, margin, require_base,
     assert any(fragment in r for r in decision.reasons), decision.reasons
 
 
+def test_significance_check_can_be_turned_off():
+    cand, base = g(60, 3.4, -5.0, 12.6), m(56.6)
+    assert not decide_promotion(cand, None, base).promote  # on by default
+    assert decide_promotion(cand, None, base, require_significant_gain=False).promote
+
+
 def test_decide_promotion_other_metric_and_bad_margin():
-    cand = {"eval/A@0.8": 40.0, M: 10.0}
+    cand = {"eval/A@0.8": 40.0, M: 10.0, "eval/gain/A@0.8": 35.0, "eval/gain/A@0.8_ci_low": 20.0}
+    cand["eval/gain/A@0.8_ci_high"] = 50.0
     champ = {"eval/A@0.8": 30.0, M: 50.0}
     base = {"eval/A@0.8": 5.0, M: 5.0}
     assert decide_promotion(cand, champ, base, metric="eval/A@0.8").promote is True
@@ -183,7 +246,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     base = m(20.0)
 
     v1 = registry.log_and_register(
-        answering_model_dir, m(60.0, **{"eval/mIoU": 0.5}), eval_set_hash="h1", base_metrics=base
+        answering_model_dir, g(60.0, **{"eval/mIoU": 0.5}), eval_set_hash="h1", base_metrics=base
     )
     assert v1 == 1
     assert _aliases(client) == {"challenger": 1}
@@ -193,7 +256,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     logged = {m.key: m.value for m in client.get_logged_model(registry.logged_model_id(first)).metrics}
     assert logged["eval/A_at_0.5"] == 60.0 and logged["eval_base/A_at_0.5"] == 20.0
     assert not any(key.startswith(("eval/", "base/")) for key in tags), tags
-    assert registry.version_metrics(first, client)[:2] == ({"eval/A@0.5": 60.0, "eval/mIoU": 0.5}, base)
+    assert registry.version_metrics(first, client)[:2] == (g(60.0, **{"eval/mIoU": 0.5}), base)
     assert tags[registry.TAG_EVAL_SET_HASH] == "h1"
     assert client.get_run(tags[registry.TAG_RUN_ID]).info.status == "FINISHED"
 
@@ -202,7 +265,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     assert _aliases(client) == {"challenger": 1, "champion": 1}
     assert not registry.promote_if_better(v1, client=client).promote  # already champion
 
-    v2 = registry.log_and_register(answering_model_dir, m(60.5), eval_set_hash="h1", base_metrics=base)
+    v2 = registry.log_and_register(answering_model_dir, g(60.5), eval_set_hash="h1", base_metrics=base)
     assert _aliases(client) == {"challenger": 2, "champion": 1}
     d = registry.promote_if_better(v2, margin=1.0, client=client)
     assert not d.promote
@@ -214,7 +277,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     assert _aliases(client) == {"challenger": 2, "champion": 2}
 
     # evaluated on another set: the champion's numbers are not trusted
-    v3 = registry.log_and_register(answering_model_dir, m(90.0), eval_set_hash="h2", base_metrics=base)
+    v3 = registry.log_and_register(answering_model_dir, g(90.0), eval_set_hash="h2", base_metrics=base)
     d = registry.promote_if_better(v3, client=client)
     assert not d.promote and any("not comparable" in r for r in d.reasons)
     seen = []
@@ -244,6 +307,27 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
         client.get_model_version(registry.MODEL_NAME, "4").tags[registry.TAG_DECISION] == "promoted (forced)"
     )
 
+    # a pipeline registration whose gain over its base could be noise: registered, but it stays challenger,
+    # although it beats the champion by far, and the decision states the interval
+    from medloc_core.config import RegistrationConfig
+    from medloc_core.promotion import register_and_promote
+
+    noisy = g(99.0, 3.4, -5.0, 12.6)
+    result = register_and_promote(
+        answering_model_dir, noisy, m(95.6), run_id=None, eval_set_hash="h2", answer_style=ANSWER_STYLE,
+        max_new_tokens=40, history_tail=[], settings=RegistrationConfig(),
+    )  # fmt: skip
+    assert result["registered"] and not result["promoted"], result
+    assert _aliases(client) == {"challenger": 5, "champion": 4}
+    reasons = client.get_model_version(registry.MODEL_NAME, "5").tags[registry.TAG_REASONS]
+    assert "not significant: eval/gain/A@0.5 = +3.4 [-5, +12.6]" in reasons, reasons
+    # with the check off by config, the same evaluation passes the gate
+    result = register_and_promote(
+        answering_model_dir, noisy, m(95.6), run_id=None, eval_set_hash="h2", answer_style=ANSWER_STYLE,
+        max_new_tokens=40, history_tail=[], settings=RegistrationConfig(require_significant_gain=False),
+    )  # fmt: skip
+    assert result["promoted"] and _aliases(client) == {"challenger": 6, "champion": 6}
+
 
 @pytest.mark.slow
 def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_path, capsys):  # noqa: F811
@@ -252,7 +336,7 @@ def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_
     from medloc_core import cli
 
     version = registry.log_and_register(
-        answering_model_dir, m(50.0), eval_set_hash="hp", base_metrics=m(1.0), answer_style=ANSWER_STYLE
+        answering_model_dir, g(50.0), eval_set_hash="hp", base_metrics=m(1.0), answer_style=ANSWER_STYLE
     )
     images = [random_image(100, 150, seed=1), random_image(300, 200, seed=2)]
     path = tmp_path / "a.png"
@@ -409,7 +493,7 @@ def test_two_promotions_at_once_always_leave_the_better_champion(server_env, tmp
 
     def version(score: float) -> str:
         mv = client.create_model_version(registry.MODEL_NAME, source="s3://medloc-race/model", run_id=None)
-        tags = {registry.TAG_EVAL_SET_HASH: "race", **registry.metrics_to_tags(m(score))}
+        tags = {registry.TAG_EVAL_SET_HASH: "race", **registry.metrics_to_tags(g(score), include_ci=True)}
         tags.update(registry.metrics_to_tags(m(10.0), registry.BASE_PREFIX))
         for key, value in tags.items():
             client.set_model_version_tag(registry.MODEL_NAME, mv.version, key, value)

@@ -54,6 +54,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
         margin=args.margin,
         metric=args.metric,
         require_beats_base=not args.skip_base_check,
+        require_significant_gain=not args.skip_significance_check,
         force=args.force,
     )
     verdict = "PROMOTED to champion" if decision.promote else "NOT promoted"
@@ -213,6 +214,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default=DEFAULT_METRIC, help=f"metric to compare (default {DEFAULT_METRIC})")
     p.add_argument("--force", action="store_true", help="promote even if the gate says no (reasons are kept)")
     p.add_argument("--skip-base-check", action="store_true", help="do not require beating the base model")
+    p.add_argument(
+        "--skip-significance-check",
+        action="store_true",
+        help="accept a gain over the base model whose paired 95 %% interval reaches 0",
+    )
     p.set_defaults(func=_cmd_promote)
 
     p = subparsers.add_parser(
