@@ -91,6 +91,20 @@ def synthetic_prepared(
     return prepared
 
 
+def recipe_training_config(**overrides: Any) -> Any:
+    """The embedded recipe's ``TrainingConfig`` (the ``training:`` block of configs/medloc_training_local.yaml,
+    parsed by the pipeline's own ``TrainingParams``) with the preprocessing's frame and answer style, and
+    ``overrides`` on top (e.g. ``model_name_or_path``, ``seed``, ``max_steps``)."""
+    import yaml
+
+    from medloc_core.config import TrainingParams
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "medloc_training_local.yaml").read_text())
+    pre = config["parameters"]["preprocessing"]
+    frame = {k: pre[k] for k in ("min_pixels", "max_pixels", "answer_style")}
+    return TrainingParams(**config["parameters"]["training"]).training_config(**{**frame, **overrides})
+
+
 def stand_in(work: Path, seed: int) -> tuple[Path, Any]:
     """The ``grounder`` stand-in (init seed ``seed``, built once under ``work/models``) and its processor, set to
     the bench's input frame (``MIN_PIXELS``..``MAX_PIXELS``)."""

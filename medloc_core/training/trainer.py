@@ -26,6 +26,57 @@ def _trainer_class():
         medloc_base_model: str | None = None
         medloc_callback: Any = None
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            from medloc_core.cpu_kernels import compact_log_probs
+
+            # TRL's fused LM head scores every position off Triton devices; score only the completions there.
+            target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if compact_log_probs(target, self.temperature):
+                logger.info("per-token log-probs: compact LM head on the completion positions (CPU)")
+            _share_prompts_in_generate(target)
+
+        def _get_per_token_logps_and_entropies(
+            self, model: Any, input_ids: Any, attention_mask: Any, *args, **kw
+        ):
+            # Each distinct prompt (text + image) once, its cache shared by its completions: same log-probs and
+            # gradients as TRL's full forward (training/shared_prefix.py); TRL's path for anything else.
+            from medloc_core.training.shared_prefix import shared_prefix_log_probs
+
+            shared = None
+            logits_to_keep = args[0] if args else kw.get("logits_to_keep")
+            other_inputs = (
+                "pixel_attention_mask",
+                "spatial_shapes",
+                "num_tiles",
+                "image_sizes",
+                "token_type_ids",
+            )
+            plain = not kw.get("compute_aux_loss") and all(kw.get(k) is None for k in other_inputs)
+            if (
+                plain
+                and not args[1:]
+                and isinstance(logits_to_keep, int)
+                and kw.get("image_position_ids") is None
+            ):
+                shared = shared_prefix_log_probs(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    temperature=self.temperature,
+                    pixel_values=kw.get("pixel_values"),
+                    image_grid_thw=kw.get("image_grid_thw"),
+                    num_images=kw.get("num_images"),
+                    mm_token_type_ids=kw.get("mm_token_type_ids"),
+                    compute_entropy=bool(kw.get("compute_entropy")),
+                )
+            if shared is None:
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, *args, **kw
+                )
+            return shared[0], shared[1], None
+
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             # Trainer rotates old checkpoints inside _save_checkpoint, before the callbacks' on_save writes the
             # curriculum state, so with save_total_limit a crash right then left only an incomplete checkpoint.
@@ -70,6 +121,20 @@ def _trainer_class():
             return None
 
     return MedLocGRPOTrainer
+
+
+def _share_prompts_in_generate(model: Any) -> None:
+    """Route the policy's ``generate`` through ``shared_prefix_generate`` (each distinct prompt prefilled once;
+    ``generate`` itself for any call that path does not handle)."""
+    from medloc_core.training.shared_prefix import shared_prefix_generate
+
+    generate = model.generate
+
+    def shared_generate(*args: Any, **kwargs: Any) -> Any:
+        out = None if args else shared_prefix_generate(model, **kwargs)
+        return generate(*args, **kwargs) if out is None else out
+
+    model.generate = shared_generate
 
 
 def load_full_weights(model: Any, checkpoint_dir: str | os.PathLike) -> None:
