@@ -90,18 +90,40 @@ def test_compact_lm_head_keeps_generation_and_skips_scaled_heads(grounder_dir):
     assert isinstance(model.forward, types.MethodType)
 
 
-def test_shared_prefix_matches_the_full_forward(grounder_dir):
+def _left_padded_prompts(model_dir: str, keep: int):
+    """Two prompts of different lengths, left-padded as TRL pads them, each followed by ``keep`` token slots."""
+    from PIL import Image
+
+    processor = modeling.load_processor(model_dir)
+    modeling.set_pixel_bounds(processor, 56 * 56, 112 * 112)
+    texts = []
+    for query in ("Find the lesion.", "Find the lesion in this dermoscopy image, please."):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    images = [[Image.new("RGB", (112, 84), c)] for c in ("red", "blue")]
+    enc = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+    enc = dict(enc)
+    assert not enc["attention_mask"].all()  # the short prompt is padded on the left
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        enc[key] = torch.cat([enc[key], torch.ones(2, keep, dtype=enc[key].dtype)], dim=1)
+    enc["mm_token_type_ids"][:, -keep:] = 0
+    return enc
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_shared_prefix_matches_the_full_forward(grounder_dir, left_padded):
     """Two prompts x 3 completions, shuffled as TRL shuffles a generation batch: the same log-probs, entropies
-    and gradients as TRL's full forward, each distinct prompt (and image) run once."""
+    and gradients as TRL's full forward, each distinct prompt (and image) run once; prompts of one length, or
+    of two lengths with left padding."""
     from trl.trainer.utils import add_fused_lm_head
 
     from medloc_core.training.shared_prefix import shared_prefix_log_probs
 
-    inputs, _ = _batch(grounder_dir, n=2)
+    keep = 12
+    inputs = _left_padded_prompts(grounder_dir, keep) if left_padded else _batch(grounder_dir, n=2)[0]
     order = torch.tensor([0, 1, 1, 0, 0, 1])
     rows = inputs["image_grid_thw"][0].prod()
     pixel_rows = torch.cat([torch.arange(i * rows, (i + 1) * rows) for i in order.tolist()])
-    keep = 12
     ids = inputs["input_ids"][order].clone()
     ids[:, -keep:] = torch.randint(10, 600, (len(order), keep), generator=torch.Generator().manual_seed(1))
     mask = inputs["attention_mask"][order].clone()
@@ -247,3 +269,23 @@ def test_processor_processes_each_distinct_prompt_once(grounder_dir):
     assert ours.keys() == reference.keys()
     for key in reference:
         assert torch.equal(ours[key], reference[key]), key
+
+
+def test_shared_prefix_generate_left_padded_prompts(grounder_dir):
+    """Prompts of two lengths (left padding: the decode steps keep the attention mask): greedy tokens equal
+    transformers' generate."""
+    from transformers import GenerationConfig
+
+    from medloc_core.training.shared_prefix import shared_prefix_generate
+
+    enc = _left_padded_prompts(grounder_dir, keep=0)
+    order = torch.tensor([1, 0, 0, 1])
+    rows = enc["image_grid_thw"][0].prod()
+    batch = {k: enc[k][order] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
+    batch["pixel_values"] = torch.cat(
+        [enc["pixel_values"][i * rows : (i + 1) * rows] for i in order.tolist()]
+    )
+    model = modeling.load_model(grounder_dir, dtype="float32")
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=[1])
+    ours = shared_prefix_generate(model, generation_config=config, **batch)
+    assert ours is not None and torch.equal(ours, model.generate(**batch, generation_config=config))

@@ -92,9 +92,12 @@ def shared_prefix_log_probs(
         start = prefix_positions.amax(dim=(0, 2))[index] + 1
         completion_positions = (start[:, None] + torch.arange(logits_to_keep)).unsqueeze(0).expand(3, -1, -1)
     pixels = pixel_values.reshape(batch, rows_per_image, -1)[firsts].reshape(-1, pixel_values.shape[-1])
+    # Without left padding no mask is needed: causal attention already keeps every scored position from the
+    # completions' right padding, which only comes after it (and building the masks costs more than the step).
+    left_padded = not bool(prompt_mask.all())
     prefix = backbone(
         input_ids=prompt_ids[firsts],
-        attention_mask=prompt_mask[firsts],
+        attention_mask=prompt_mask[firsts] if left_padded else None,
         position_ids=prefix_positions,
         pixel_values=pixels,
         image_grid_thw=image_grid_thw[firsts],
@@ -107,7 +110,7 @@ def shared_prefix_log_probs(
     completion_ids = input_ids[:, prompt_len:]
     rest = backbone(
         input_ids=completion_ids,
-        attention_mask=attention_mask,
+        attention_mask=attention_mask if left_padded else None,
         position_ids=completion_positions,
         mm_token_type_ids=mm_token_type_ids[:, prompt_len:],
         past_key_values=cache,
@@ -271,6 +274,7 @@ def _decode(
     # Text after the prompt continues from the prompt's largest position, in all three M-RoPE sections.
     next_position = positions.amax(dim=(0, 2))[index] + 1
     sequences, mask = input_ids, attention_mask
+    no_padding = bool(attention_mask.all())
     unfinished = torch.ones(batch, dtype=torch.bool)
     for step in range(config.max_new_tokens):
         scores = processors(sequences, head(hidden).float())
@@ -286,7 +290,7 @@ def _decode(
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
         out = backbone(
             input_ids=tokens[:, None],
-            attention_mask=mask,
+            attention_mask=None if no_padding else mask,  # no mask to build when nothing is padded
             position_ids=(next_position + step).view(1, batch, 1).expand(3, batch, 1),
             past_key_values=cache,
             use_cache=True,
