@@ -2,9 +2,11 @@
 
 Builds the bench's synthetic set and the ``grounder`` stand-in, warms it with ``--sft-steps`` SFT steps (so
 completions have the length of a warm policy), then runs ``--steps`` GRPO steps of the embedded recipe's TRL loop
-(4 prompts x 16 completions, its sampling settings) under ``cProfile`` with 1 torch thread, and prints the wall
-time per step (steps after the first) and the cumulative time of each part: generation, image processing,
-log-prob passes, backward + optimizer, rewards, logging/callbacks. Results land in ``bench/results/step_profile.md``.
+(4 prompts x 16 completions, its sampling settings) with 1 torch thread, and prints the wall time per step (mean
+of the steps after the first) and, per step, the wall time of each part: generation, image + text processing, the
+training forward (per-token log-probs), backward, optimizer step, rewards; the rest is TRL's bookkeeping, data
+loading and logging. ``--cprofile`` runs the same under ``cProfile`` instead (slower, function-level table).
+Results land in ``bench/results/step_profile.md``.
 
     .venv/bin/python bench/step_profile.py                 # 30 GRPO steps after 400 SFT steps
 """
@@ -50,15 +52,13 @@ def _timed(owner: Any, name: str, label: str, timers: dict[str, float]) -> None:
 
 def _install_timers(session: Any, timers: dict[str, float]) -> None:
     """Wall-clock timers (no profiler) around the parts of a step: generation, image processing, the training
-    forward (the shared-prefix log-probs or TRL's), backward, the optimizer step and the reward functions."""
+    forward (the trainer's per-token log-probs), backward, the optimizer step and the reward functions."""
     import torch
-
-    from medloc_core.training import shared_prefix
 
     trainer = session.trainer
     _timed(trainer.model, "generate", "generation (model.generate)", timers)
     _timed(type(session.processor), "__call__", "image + text processing (processor)", timers)
-    _timed(shared_prefix, "shared_prefix_log_probs", "training forward (log-probs)", timers)
+    _timed(trainer, "_get_per_token_logps_and_entropies", "training forward (log-probs)", timers)
     _timed(torch.autograd, "backward", "backward", timers)
     _timed(trainer, "_calculate_rewards", "rewards", timers)
     _timed(torch.optim.AdamW, "step", "optimizer step", timers)
@@ -83,15 +83,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     session = training.prepare_training(prepared, cfg, work / f"profile-seed{args.seed}", resume=False)
     profiler = cProfile.Profile()
     timers: dict[str, float] = {}
-    if args.plain:
+    if not args.cprofile:
         _install_timers(session, timers)
     start = time.perf_counter()
-    if not args.plain:
+    if args.cprofile:
         profiler.enable()
     result = session.run()
     profiler.disable()
     wall = time.perf_counter() - start
-    if args.plain:
+    if not args.cprofile:
         return {"steps": result.steps, "s_per_step": result.seconds_per_step, "wall": wall, "parts": timers}
     stats = pstats.Stats(profiler)
     parts: dict[str, float] = {}
@@ -117,25 +117,30 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600, help="synthetic images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/medloc_step_profile")
-    parser.add_argument("--plain", action="store_true", help="time the steps without the profiler")
+    parser.add_argument("--cprofile", action="store_true", help="run under cProfile (function-level table)")
     parser.add_argument("--top", type=int, default=25, help="functions by own time to print")
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "step_profile.md"))
     args = parser.parse_args()
     note = common.machine_note()
     out = run(args)
+    mode = "under cProfile (adds overhead to Python-heavy parts)" if args.cprofile else "wall-clock timers"
     lines = [
-        f"GRPO step profile: {out['steps']} steps after {args.sft_steps} SFT steps, 1 torch thread; {note}.",
+        f"GRPO step profile: {out['steps']} steps after {args.sft_steps} SFT steps, 1 torch thread, {mode}; {note}.",
         "",
-        f"**{out['s_per_step']:.3f} s per GRPO step** (mean of steps after the first; wall {out['wall']:.1f} s "
-        "under cProfile, which adds its own overhead to Python-heavy parts).",
+        f"**{out['s_per_step']:.3f} s per GRPO step** (mean of the steps after the first).",
         "",
-        "| part | s per step (cumulative, profiled) | share |",
+        "| part | s per step | share |",
         "|---|---|---|",
     ]
-    total = out["wall"] / max(out["steps"], 1)
+    steps = max(out["steps"], 1)
+    total = out["wall"] / steps
     for part, seconds in sorted(out["parts"].items(), key=lambda kv: -kv[1]):
-        per = seconds / max(out["steps"], 1)
-        lines.append(f"| {part} | {per:.3f} | {100 * per / total:.0f} % |")
+        lines.append(f"| {part} | {seconds / steps:.3f} | {100 * seconds / steps / total:.0f} % |")
+    if not args.cprofile:
+        rest = total - sum(out["parts"].values()) / steps
+        lines.append(
+            f"| the rest (TRL bookkeeping, data loading, logging) | {rest:.3f} | {100 * rest / total:.0f} % |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if "stats" in out:

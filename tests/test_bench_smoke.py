@@ -94,3 +94,29 @@ def test_gpu_bench_prints_a_row_per_variant_that_trained(tmp_path: Path) -> None
         changed, sampled = (int(v) for v in r["updated"].split("/"))
         assert sampled > 0 and changed == sampled, r  # every sampled trainable tensor moved
         assert r["step_s"] > 0 and r["gen_tokens_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_seed_sweep_prints_a_row_per_seed_with_its_paired_gain(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path, "bench/seed_sweep.py", "--seeds", "0", "1", "--jobs", "2", "--n", "40", "--steps", "2",
+        "--sft-steps", "4", "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "results" / "seed_sweep.json").read_text())
+    assert [r["seed"] for r in sorted(rows, key=lambda r: r["seed"])] == [0, 1]
+    for r in rows:
+        assert r["gain_ci"][0] <= r["gain"] <= r["gain_ci"][1] and r["n_test"] > 0
+        assert len(r["curve"]) == 2 and 0.0 <= r["dead"] <= 1.0
+    table = (tmp_path / "results" / "seed_sweep.md").read_text()
+    assert "| 0 |" in table and "| 1 |" in table and "Mean gain" in table and "Mean gain" in out.stdout
+
+
+@pytest.mark.slow
+def test_step_profile_times_the_parts_of_a_step(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path, "bench/step_profile.py", "--steps", "3", "--sft-steps", "4", "--n", "40",
+        "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    text = (tmp_path / "results" / "step_profile.md").read_text()
+    assert "s per GRPO step" in text and "| generation (model.generate) |" in text
+    assert "| backward |" in text and "s per GRPO step" in out.stdout

@@ -306,7 +306,8 @@ def resolve_model_path(config: TrainingConfig) -> str:
         kw = {}
         if config.min_pixels is not None:
             kw = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
-        return str(modeling.ensure_tiny_model(config.tiny_model_dir, size=TINY_ALIASES[name], seed=0, **kw))
+        # The stand-in's initial weights follow the run's seed, like its data order and sampling.
+        return str(modeling.ensure_tiny_model(config.tiny_model_dir, size=TINY_ALIASES[name], seed=config.seed, **kw))
     return str(name)
 
 

@@ -18,6 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def _checkpointing(model: Any) -> bool:
+    """Whether gradient (activation) checkpointing is on: the layers then refuse a key/value cache."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
 def _unique_rows(
     prompt_ids: Any, prompt_mask: Any, pixel_values: Any, rows_per_image: int
 ) -> tuple[Any, Any]:
@@ -67,6 +72,7 @@ def shared_prefix_log_probs(
     if (
         backbone is None
         or not hasattr(backbone, "get_rope_index")
+        or _checkpointing(model)  # no key/value cache under gradient checkpointing
         or pixel_values is None
         or image_grid_thw is None
         or mm_token_type_ids is None
@@ -198,6 +204,7 @@ def shared_prefix_generate(model: Any, generation_config: Any = None, **inputs: 
         or mm_token_type_ids is None
         or backbone is None
         or not hasattr(backbone, "get_rope_index")
+        or _checkpointing(model)
         or input_ids.device.type != "cpu"
         or image_grid_thw.shape[0] != input_ids.shape[0]  # one image per prompt
         or len(set(image_grid_thw.prod(-1).tolist())) != 1

@@ -82,7 +82,9 @@ def greedy_hit_rate(
     from medloc_core.boxes import iou as box_iou
     from medloc_core.boxes import parse_box
 
-    texts = generate_completions(model, processor, examples, max_new_tokens=max_new_tokens, temperature=None)
+    texts = generate_completions(
+        model, processor, examples, max_new_tokens=max_new_tokens, temperature=None, batch_size=32
+    )
     hits = 0
     for e, text in zip(examples, texts):
         box = parse_box(text)
@@ -125,6 +127,8 @@ def run_sft_warmup(
             "lr_schedule": config.sft_lr_scheduler_type,
             "batch_size": config.sft_batch_size,
             "stop_hit_rate": stop,
+            "stop_iou": sft_stop_iou(config) if stop is not None else None,
+            "check_every": config.sft_check_every if stop is not None else None,
         }
         if all(summary.get(k) == v for k, v in wanted.items()):
             logger.info("reusing finished SFT warm-up in %s", sft_dir)
@@ -171,6 +175,7 @@ def run_sft_warmup(
         "max_steps": config.sft_warmup_steps,
         "stop_hit_rate": stop,
         "stop_iou": stop_iou if stop is not None else None,
+        "check_every": config.sft_check_every if stop is not None else None,
         "stopped_early": res.stopped_early,
         "val_checks": [list(c) for c in res.checks],
         "learning_rate": lr,
