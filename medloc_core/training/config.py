@@ -307,7 +307,9 @@ def resolve_model_path(config: TrainingConfig) -> str:
         if config.min_pixels is not None:
             kw = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
         # The stand-in's initial weights follow the run's seed, like its data order and sampling.
-        return str(modeling.ensure_tiny_model(config.tiny_model_dir, size=TINY_ALIASES[name], seed=config.seed, **kw))
+        return str(
+            modeling.ensure_tiny_model(config.tiny_model_dir, size=TINY_ALIASES[name], seed=config.seed, **kw)
+        )
     return str(name)
 
 
