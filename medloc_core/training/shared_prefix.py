@@ -1,16 +1,21 @@
-"""Per-token log-probs of a GRPO batch with each distinct prompt run once (a shared prefix).
+"""A GRPO batch with each distinct prompt run once (a shared prefix): the training forward and generation.
 
 A GRPO batch holds every prompt (text + image) ``num_generations`` times, once per completion. With causal
-attention the prompt's activations do not depend on the completion, so the training forward can run each distinct
-prompt once (vision tower included), copy its key/value cache to the rows that share it, and run only the
-completion tokens on top. The log-probs equal those of the full forward up to float rounding, and gradients are
-the same sum over completions, because the cache copy is a differentiable ``index_select``. For the embedded
-recipe (4 prompts x 16 completions, 81 prompt + 29 completion tokens) it runs ~2,200 token positions instead of
-~7,000 per step (``bench/step_profile.py``).
+attention the prompt's activations do not depend on the completion, so each distinct prompt (vision tower
+included) can run once, its key/value cache be copied to the rows that share it, and only the completion tokens
+run on top of it:
 
-Applies to Qwen2.5-VL-style models (``model.model.get_rope_index``, M-RoPE positions) with one image per prompt,
-called directly (not through a DDP wrapper or a PEFT model); :func:`shared_prefix_log_probs` returns ``None``
-otherwise and the caller runs TRL's own path.
+* :func:`shared_prefix_log_probs`, the training forward: the log-probs equal those of the full forward up to float
+  rounding, and so do the gradients (a sum over the completions: the cache copy is a differentiable index);
+* :func:`shared_prefix_generate`, generation: the prefill runs once per distinct prompt, then the decoding step of
+  transformers' ``generate`` (its logits processors, a draw from their distribution) runs on every row.
+
+For the embedded recipe (4 prompts x 16 completions, 81 prompt + 29 completion tokens) the forward runs ~2,200
+token positions instead of ~7,000 per step, and generation prefills 4 prompts instead of 64
+(``bench/step_profile.py``). Both apply to Qwen2.5-VL-style models (``model.model.get_rope_index``, M-RoPE
+positions) with one image per prompt, on CPU tensors, without gradient checkpointing, called directly (not
+through a DDP wrapper; inside a PEFT model the adapters are part of the modules run); otherwise they return
+``None`` and the caller runs TRL's or transformers' own path.
 """
 
 from __future__ import annotations
