@@ -117,7 +117,7 @@ def _image_only_processor_class():
         def __call__(self, images=None, text=None, **kwargs):
             # A GRPO batch repeats each (prompt, image) once per completion: process each distinct pair once and
             # copy its rows (padding is the same, the batch's longest text being among the distinct ones).
-            distinct = _distinct_pairs(images, text) if kwargs.get("return_tensors") == "pt" else None
+            distinct = _distinct_pairs(images, text) if kwargs.get("return_tensors") in ("pt", None) else None
             if distinct is None:
                 return super().__call__(images=images, text=text, **kwargs)
             firsts, index = distinct
@@ -166,19 +166,27 @@ def _distinct_pairs(images: Any, text: Any) -> tuple[list[int], list[int]] | Non
 
 
 def _repeat_rows(batch: Any, index: list[int]) -> Any:
-    """Expand a processor output of the distinct rows to every row (``pixel_values`` by each image's patch rows)."""
+    """Expand a processor output of the distinct rows to every row (``pixel_values`` by each image's patch rows),
+    for tensors, numpy arrays and lists alike; None for a field of another kind."""
+    import numpy as np
     import torch
     from transformers import BatchFeature
 
-    rows = torch.tensor(index)
     out = {}
     for key, value in batch.items():
         if key == "pixel_values":
-            sizes = batch["image_grid_thw"].prod(-1).tolist()
-            chunks = torch.split(value, sizes)
-            value = torch.cat([chunks[i] for i in index])
-        elif isinstance(value, torch.Tensor):
-            value = value[rows]
+            sizes = [int(np.prod(np.asarray(g))) for g in batch["image_grid_thw"]]
+            cuts = np.cumsum(sizes)[:-1].tolist()
+            chunks = torch.split(value, sizes) if isinstance(value, torch.Tensor) else np.split(value, cuts)
+            value = (
+                torch.cat([chunks[i] for i in index])
+                if isinstance(value, torch.Tensor)
+                else np.concatenate([chunks[i] for i in index])
+            )
+        elif isinstance(value, (torch.Tensor, np.ndarray)):
+            value = value[torch.tensor(index) if isinstance(value, torch.Tensor) else np.asarray(index)]
+        elif isinstance(value, list):
+            value = [value[i] for i in index]
         else:
             return None
         out[key] = value

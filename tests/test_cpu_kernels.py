@@ -259,16 +259,20 @@ def test_processor_processes_each_distinct_prompt_once(grounder_dir):
         seen.append(len(imgs))
         return preprocess(imgs, **kw)
 
-    processor.image_processor.preprocess = counting
-    ours = processor(images=batch_images, text=batch_texts, padding=True, return_tensors="pt")
-    assert seen == [4]  # 4 distinct pairs of 6 rows
-    del processor.image_processor.preprocess
-    reference = super(type(processor), processor).__call__(
-        images=batch_images, text=batch_texts, padding=True, return_tensors="pt"
-    )
-    assert ours.keys() == reference.keys()
-    for key in reference:
-        assert torch.equal(ours[key], reference[key]), key
+    import numpy as np
+
+    for tensors in ("pt", None):  # TRL's generation batch, and apply_chat_template's lists and arrays
+        processor.image_processor.preprocess = counting
+        seen.clear()
+        ours = processor(images=batch_images, text=batch_texts, padding=True, return_tensors=tensors)
+        assert seen == [4]  # 4 distinct pairs of 6 rows
+        del processor.image_processor.preprocess
+        reference = super(type(processor), processor).__call__(
+            images=batch_images, text=batch_texts, padding=True, return_tensors=tensors
+        )
+        assert ours.keys() == reference.keys()
+        for key in reference:
+            assert np.array_equal(np.asarray(ours[key]), np.asarray(reference[key])), (tensors, key)
 
 
 def test_shared_prefix_generate_left_padded_prompts(grounder_dir):
