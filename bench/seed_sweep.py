@@ -89,8 +89,14 @@ def run_seed(seed: int, config_path: str, work: str, threads: int, overrides: di
     prepared = pd.read_parquet(Path(work) / "prepared.parquet")
     pre = PreprocessingConfig(**blocks["preprocessing"])
     frame = {"min_pixels": pre.min_pixels, "max_pixels": pre.max_pixels, "answer_style": pre.answer_style}
-    cfg = TrainingParams(**blocks["training"]).training_config(
-        **frame, seed=seed, tiny_model_dir=str(Path(work) / "models"), progress=False
+    cfg = TrainingParams(
+        **blocks["training"]
+    ).training_config(
+        **frame,
+        seed=seed,
+        tiny_model_dir=str(Path(work) / "models"),
+        progress=False,
+        torch_threads=threads,  # --threads 2 sums in another order: a stand-in for another CPU's float rounding
     )
     t0 = time.perf_counter()
     result = train(prepared, cfg, folder, resume=False, metrics_sink=lambda m, s: None)
@@ -182,7 +188,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes at once (1 torch thread each)")
     parser.add_argument("--config", default=str(common.REPO_ROOT / "configs" / "medloc_training_local.yaml"))
     parser.add_argument("--work", default="/tmp/medloc_seed_sweep")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process (training included)"
+    )
     parser.add_argument("--n", type=int, help="synthetic images (default: the config's)")
     parser.add_argument("--steps", type=int, help="GRPO steps (default: the config's)")
     parser.add_argument("--sft-steps", type=int, help="SFT warm-up steps at most (default: the config's)")
