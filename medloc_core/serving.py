@@ -9,12 +9,16 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import os
+import re
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
+
+logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # key of the model folder in the pyfunc's artifacts
 OUTPUT_COLUMNS = ("x1", "y1", "x2", "y2", "completion", "parsed")
@@ -74,6 +78,59 @@ def load_image(value: Any, *, row: int | None = None) -> Any:
         raise BadRequest(f"{where}column 'image': {exc}") from None
 
 
+def one_line_error(exc: BaseException) -> str:
+    """The client-facing text of a refused request: one line that never quotes the payload.
+
+    MLflow's scoring server builds its 400 messages from the request itself (``Failed to predict data '<the
+    whole frame>'``, ``Input: <the raw body>``, a ``UnicodeDecodeError`` with the bytes); only the message of a
+    :class:`BadRequest` (written by this module, payload-free) is passed on as is.
+    """
+    if isinstance(exc, BadRequest):
+        return exc.message
+    text = str(getattr(exc, "message", exc))
+    missing = re.search(r"missing inputs? (\[[^\]]{0,200}\])", text)
+    if missing:
+        return f"input is missing column(s) {missing.group(1)}; send columns 'image' and 'query'"
+    if "valid JSON" in text or "UTF-8" in text or "Unicode" in text:
+        return "request body must be UTF-8 JSON (pandas 'dataframe_split' or 'dataframe_records')"
+    if "enforce schema" in text:
+        return "input does not match the model's signature: a string column 'image' (base64) and 'query'"
+    if "unexpected error" in text:
+        return "the model could not score this input; check the columns 'image' (base64) and 'query'"
+    return "bad request: send JSON with columns 'image' (base64 image bytes) and 'query'"
+
+
+def install_one_line_errors() -> bool:
+    """Make the MLflow scoring server of this process answer every refused request with :func:`one_line_error`.
+
+    ``mlflow models serve`` loads the model (``load_context``) in the server process before it serves, and its
+    request handler looks ``invocations`` up in its module at each call; this wraps that function once. Returns
+    whether the wrapper is in place (False when MLflow's server module has no such function).
+    """
+    try:
+        from mlflow.pyfunc import scoring_server
+    except ImportError:  # pragma: no cover - mlflow without its serving extras
+        return False
+    original = getattr(scoring_server, "invocations", None)
+    if original is None:
+        return False
+    if getattr(original, "_medloc_one_line", False):
+        return True
+
+    def invocations(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except MlflowException as exc:
+            if exc.get_http_status_code() >= 500:
+                raise
+            logger.info("refused a scoring request: %s", " ".join(str(exc.message).split())[:300])
+            raise BadRequest(one_line_error(exc)) from None
+
+    invocations._medloc_one_line = True  # type: ignore[attr-defined]
+    scoring_server.invocations = invocations
+    return True
+
+
 def encode_image(image: Any, fmt: str = "PNG") -> str:
     """Base64 text of a PIL image (the ``image`` column format for remote scoring)."""
     buf = io.BytesIO()
@@ -117,6 +174,7 @@ class MedLocGrounderModel(PythonModel):
         self._predictor = BoxPredictor(
             context.artifacts[MODEL_ARTIFACT], device=device, max_new_tokens=self.max_new_tokens
         )
+        install_one_line_errors()  # a no-op outside a scoring server
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         from medloc_core.boxes import clip_box

@@ -145,6 +145,26 @@ def test_served_model_answers_base64_and_refuses_bad_requests(served, tmp_path):
         )
         assert payload["message"].startswith("row 0: "), (what, payload["message"])
 
+    # Requests MLflow's own server refuses before the model sees them: one line, the payload never echoed.
+    secret = "PAYLOAD-MARKER-" + "x" * 40
+    raw = {
+        "no image column": json.dumps({"dataframe_split": {"columns": ["query"], "data": [[secret]]}}).encode(),
+        "bytes that are not UTF-8": b'{"dataframe_split": "\xff\xfe' + secret.encode() + b'"}',
+        "not JSON": secret.encode(),
+    }
+    messages = {}
+    for what, body_bytes in raw.items():
+        request = urllib.request.Request(served, data=body_bytes, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=120)
+        text = err.value.read().decode("utf-8", "replace")
+        assert err.value.code == 400, (what, err.value.code, text)
+        message = json.loads(text)["message"]
+        assert "\n" not in message and secret not in text and "stack_trace" not in text, (what, text)
+        messages[what] = message
+    assert "'image'" in messages["no image column"], messages
+    assert "UTF-8 JSON" in messages["bytes that are not UTF-8"], messages
+
 
 def test_model_is_logged_from_code_not_pickled(mlflow_server_uri, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
     import mlflow
