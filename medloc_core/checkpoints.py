@@ -3,8 +3,9 @@
 A checkpoint is *loadable* when every file resume reads is whole: ``trainer_state.json`` and
 ``curriculum_state.json`` parse (the latter is written last, after weights, optimizer and RNG state), every
 ``*.safetensors`` file is as long as its header says, and every ``torch.save`` file (optimizer, scheduler, RNG
-state) is a complete zip archive. These checks read headers and zip directories, not the tensors, so they cost
-milliseconds even for a 3B model's 30 GB optimizer state.
+state) is a complete zip archive that ``torch.load(weights_only=True)`` accepts. These checks read headers, zip
+directories and pickles, memory-mapping the tensors without reading them, so they cost milliseconds even for a 3B
+model's 30 GB optimizer state.
 
 Resume takes the newest loadable checkpoint; newer damaged ones are renamed ``damaged-checkpoint-N`` (kept for
 inspection, out of the Trainer's way) with a warning naming what is wrong.
@@ -65,6 +66,21 @@ def _torch_file_problem(path: Path) -> str | None:
                 return f"{path.name} is empty"
     except (OSError, zipfile.BadZipFile) as exc:
         return f"{path.name} is truncated or not a torch.save archive: {exc}"
+    return _unsafe_pickle_problem(path)
+
+
+def _unsafe_pickle_problem(path: Path) -> str | None:
+    """Load ``path`` exactly as resume will (``weights_only=True`` with the numpy globals transformers allows),
+    memory-mapped so no tensor is read: a pickle that safe loading refuses is damage like any other."""
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    try:
+        with safe_globals():
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any refusal makes the checkpoint unusable; say which and why
+        first = " ".join(str(exc).split())[:200]
+        return f"{path.name} cannot be loaded safely (weights_only): {type(exc).__name__}: {first}"
     return None
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -19,7 +21,9 @@ def make_checkpoint(folder: Path, step: int) -> Path:
     save_file({"w": torch.arange(64, dtype=torch.float32).reshape(8, 8)}, str(folder / "model.safetensors"))
     torch.save({"state": {0: {"exp_avg": torch.ones(64)}}}, folder / "optimizer.pt")
     torch.save({"last_epoch": step}, folder / "scheduler.pt")
-    torch.save({"python": [1, 2, 3], "cpu": torch.zeros(4)}, folder / "rng_state.pth")
+    # as transformers saves it: python, numpy and torch RNG states (numpy's needs transformers' allowlist)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    torch.save(rng, folder / "rng_state.pth")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (folder / "curriculum_state.json").write_text(json.dumps({"global_step": step, "schedule": {"tau": 0.3}}))
     return folder
@@ -29,7 +33,13 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+class Tampered:
+    """Not a tensor, a container or an allowlisted numpy type: ``torch.load(weights_only=True)`` refuses it."""
+
+
 DAMAGES = {
+    "an unsafe pickle in the RNG state": lambda f: torch.save({"cpu": Tampered()}, f / "rng_state.pth"),
+    "an unsafe pickle in the optimizer": lambda f: torch.save({"state": Tampered()}, f / "optimizer.pt"),
     "truncated weights": lambda f: truncate(f / "model.safetensors"),
     "truncated optimizer": lambda f: truncate(f / "optimizer.pt"),
     "truncated scheduler": lambda f: truncate(f / "scheduler.pt"),
