@@ -7,6 +7,8 @@ paths (``pipelines.medloc_training``), so remote orchestrators do not depend on 
 
 import sys
 
+from pipelines.medloc_training import install_one_line_errors
 from pipelines.medloc_training import medloc_training as _pipeline
 
+install_one_line_errors()  # a config error ends the CLI run in one line, not a traceback from inside ZenML
 sys.modules[__name__] = _pipeline

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
+import re
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,10 +38,13 @@ from pydantic import (
 )
 
 from medloc_core.curriculum import CurriculumConfig
+from medloc_core.data.preprocess import check_options as check_preprocess_options
 from medloc_core.data.preprocess import preprocess
 from medloc_core.data.readers import FORMATS, READERS
 from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION, SPLITS
 from medloc_core.data.synth import KINDS, Difficulty, generate
+from medloc_core.evaluation import gate_metric_problem
+from medloc_core.tracking import export_medloc_home
 from medloc_core.training.config import TrainingConfig
 
 
@@ -114,9 +121,19 @@ def _fields_of_signature(function: Any) -> dict[str, Any]:
     return {name: (hints.get(name, Any), params[name].default) for name in _keywords(function)}
 
 
+class _PreprocessingBase(_Strict):
+    @model_validator(mode="after")
+    def _runnable(self) -> _PreprocessingBase:
+        check_preprocess_options(**self.model_dump())  # the rules preprocess() itself applies, at parse time
+        return self
+
+
 #: ``preprocessing:`` block: ``preprocess``'s keyword arguments and their defaults (pixels are areas in px²).
 PreprocessingConfig = create_model(
-    "PreprocessingConfig", __base__=_Strict, __module__=__name__, **_fields_of_signature(preprocess)
+    "PreprocessingConfig",
+    __base__=_PreprocessingBase,
+    __module__=__name__,
+    **_fields_of_signature(preprocess),
 )
 
 
@@ -225,6 +242,16 @@ class RegistrationConfig(_Strict):
     require_beats_base: bool = True
     require_significant_gain: bool = True
 
+    @model_validator(mode="after")
+    def _comparable_metric(self) -> RegistrationConfig:
+        # A metric evaluation never writes would register versions the gate can never compare.
+        problem = gate_metric_problem(
+            self.metric, needs_gain=self.require_beats_base and self.require_significant_gain
+        )
+        if problem:
+            raise ValueError(f"metric: {problem}")
+        return self
+
 
 # ------------------------------------------------------------------------------------------ the whole
 
@@ -255,9 +282,13 @@ def check_agreement(preprocessing: BaseModel, training: BaseModel) -> None:
 def _errors(block: str, exc: ValidationError) -> ConfigError:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in (block, *err["loc"]))
-        why = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{path}: {why} (got {err.get('input')!r:.80})")
+        loc = [str(p) for p in err["loc"]]
+        why = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        got = f" (got {err.get('input')!r:.80})"
+        named = re.match(r"([A-Za-z_][\w.\[\]]*): ", why)
+        if not loc and named:  # a cross-field rule names its key first: "max_pixels: ... below min_pixels"
+            loc, why, got = [named.group(1)], why[named.end() :], ""
+        lines.append(f"{'.'.join((block, *loc))}: {why}{got}")
     return ConfigError("invalid run config: " + "; ".join(lines))
 
 
@@ -272,6 +303,75 @@ def parse_block(block: str, value: Mapping[str, Any] | BaseModel | None) -> Base
         return model.model_validate(dict(value or {}))
     except ValidationError as exc:
         raise _errors(block, exc) from None
+
+
+def check_data_roots(data: BaseModel) -> None:
+    """Refuse a local data root that does not exist unless the source generates it (``synth:``). Only for runs
+    whose steps run on this machine: a Kubernetes pod mounts its roots, which need not exist here."""
+    for i, source in enumerate(data.sources or []):
+        root = source.root
+        if source.synth is None and "://" not in root and not Path(root).expanduser().exists():
+            raise ConfigError(
+                f"data.sources[{i}].root: {root} does not exist (point it at the dataset folder as downloaded, "
+                "or add a synth: block to generate one there)"
+            )
+
+
+PLACEHOLDER = re.compile(r"\$\{([a-zA-Z0-9_]+)\}")  # the ${VAR} syntax ZenML substitutes in run configs
+
+
+def substitute_placeholders(value: Any, *, env: Mapping[str, str] | None = None, where: str = "") -> Any:
+    """``value`` (YAML data) with every ``${VAR}`` replaced by the environment's value; a missing variable is a
+    :class:`ConfigError` naming the key path."""
+    env = os.environ if env is None else env
+    if isinstance(value, Mapping):
+        return {
+            k: substitute_placeholders(v, env=env, where=f"{where}.{k}".lstrip(".")) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [substitute_placeholders(v, env=env, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def _value(match: re.Match) -> str:
+            if match.group(1) not in env:
+                raise ConfigError(f"{where}: environment variable {match.group(1)} is not set")
+            return env[match.group(1)]
+
+        return PLACEHOLDER.sub(_value, value)
+    return value
+
+
+def load_run_config(path: str | os.PathLike) -> dict[str, BaseModel]:
+    """Read a run config file (``zenml pipeline run medloc_training -c PATH``) and validate its ``parameters:``
+    as the pipeline will, ``${VAR}`` substituted; every problem is a one-line :class:`ConfigError` that names
+    the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the run config ({type(exc).__name__}: {exc})") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        why = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML{line}: {why}") from None
+    content = {} if content is None else content
+    if not isinstance(content, Mapping):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping (parameters:, settings:, ...), got a {type(content).__name__}"
+        )
+    parameters = content.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        raise ConfigError(
+            f"{path}: parameters: must be a mapping of blocks, got a {type(parameters).__name__}"
+        )
+    try:
+        export_medloc_home()  # as the pipeline module does before ZenML substitutes ${MEDLOC_HOME}
+        return validate_parameters(**substitute_placeholders(dict(parameters), where="parameters"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def validate_parameters(**blocks: Mapping[str, Any] | BaseModel | None) -> dict[str, BaseModel]:

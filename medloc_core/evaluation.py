@@ -153,6 +153,25 @@ def paired_gain(
     return out
 
 
+def gate_metric_problem(metric: str, *, needs_gain: bool) -> str | None:
+    """Why a promotion gate cannot compare on ``metric`` (None when it can).
+
+    Evaluation produces ``eval/<name>`` and ``eval/<dataset>/<name>`` for the names of :func:`_metric_fns`
+    (higher is better for all of them); paired gains over the base model (``eval/gain/<name>``) exist only for
+    the overall ones, so a gate that requires a significant gain needs an overall metric.
+    """
+    names = sorted(_metric_fns())
+    parts = metric.split("/")
+    if parts[0] != PREFIX or len(parts) not in (2, 3) or parts[-1] not in names or "gain" in parts[1:-1]:
+        return f"evaluation does not produce {metric!r}; use {PREFIX}/<name> with name one of {names}"
+    if needs_gain and len(parts) == 3:
+        return (
+            f"{metric!r} has no paired gain over the base model (only {PREFIX}/<name> has); use an overall "
+            "metric or set require_significant_gain: false"
+        )
+    return None
+
+
 def _metric_fns() -> dict[str, Callable[[np.ndarray], float]]:
     fns: dict[str, Callable[[np.ndarray], float]] = {}
     for tau in HEADLINE_THRESHOLDS:

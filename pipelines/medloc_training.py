@@ -9,10 +9,14 @@ any step runs; an argument left out (``None``) takes that block of the embedded 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
-from zenml import Model, pipeline
+from zenml import Model
+from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
 from medloc_core import config
@@ -54,13 +58,26 @@ MODEL = Model(
 )
 
 
-@pipeline(
-    name="medloc_training",
-    enable_cache=False,
-    model=MODEL,
-    settings=TRACKER_SETTINGS,
-    on_failure=tag_failure,
-)
+class MedlocTrainingPipeline(Pipeline):
+    """ZenML's pipeline, plus a check of the run config file when one is chosen (``-c``): read, substituted and
+    validated by :func:`medloc_core.config.load_run_config` before ZenML parses it, so a malformed file fails in
+    one line naming the file and the key instead of a traceback from inside ZenML."""
+
+    def with_options(
+        self, *args: Any, config_path: str | None = None, **kwargs: Any
+    ) -> MedlocTrainingPipeline:
+        if config_path is not None:
+            config.load_run_config(config_path)
+        return super().with_options(*args, config_path=config_path, **kwargs)
+
+
+def _steps_run_here() -> bool:
+    """Whether the active stack runs the steps on this machine (its paths are the steps' paths)."""
+    from zenml.client import Client
+
+    return Client().active_stack.orchestrator.flavor == "local"
+
+
 def medloc_training(
     data: DataConfig | None = None,
     preprocessing: PreprocessingConfig | None = None,
@@ -76,6 +93,8 @@ def medloc_training(
     evaluation = evaluation or config.parse_block("evaluation", embedded["evaluation"])
     registration = registration or config.parse_block("registration", embedded["registration"])
     config.check_agreement(preprocessing, training)  # still composing the run: no step has started
+    if _steps_run_here():
+        config.check_data_roots(data)
     if "tiny_model_dir" not in training.model_fields_set:  # the offline stand-in is built under MEDLOC_HOME
         training = training.model_copy(update={"tiny_model_dir": str(medloc_home() / "models")})
     prepare_experiment()
@@ -99,3 +118,31 @@ def medloc_training(
         config=registration,
         max_new_tokens=evaluation.max_new_tokens,
     )
+
+
+medloc_training = MedlocTrainingPipeline(  # what @pipeline(...) builds, with the config-file check above
+    name="medloc_training",
+    entrypoint=medloc_training,
+    enable_cache=False,
+    model=MODEL,
+    settings=TRACKER_SETTINGS,
+    on_failure=tag_failure,
+)
+
+#: Errors a user causes and fixes in the config or the environment: printed as one line by the CLI entry.
+USER_ERRORS: tuple[type[BaseException], ...] = (config.ConfigError,)
+
+
+def install_one_line_errors() -> None:
+    """Print a :data:`USER_ERRORS` exception that ends the process as one line (``MEDLOC_DEBUG=1``: the whole
+    traceback, as for every other error). For ``zenml pipeline run medloc_training``, whose CLI would print a
+    100-line traceback from inside ZenML; installed by the ``medloc_training`` shim only."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if isinstance(exc, USER_ERRORS) and os.environ.get("MEDLOC_DEBUG", "") in ("", "0", "false"):
+            print(f"medloc_training: {exc}\n(MEDLOC_DEBUG=1 prints the full trace)", file=sys.stderr)
+            return
+        previous(kind, exc, tb)
+
+    sys.excepthook = hook

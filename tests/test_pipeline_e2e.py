@@ -227,31 +227,75 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         )
 
 
+def _set(path: str, value: object):
+    """An edit of the local config: set ``parameters.<path>`` (dots; ``sources.0`` indexes a list)."""
+
+    def edit(config: dict) -> dict:
+        node = config["parameters"]
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        if value is None:
+            node.pop(last)
+        else:
+            node[last] = {**node.get(last, {}), **value} if isinstance(value, dict) else value
+        return config
+
+    return edit
+
+
+CONFIG_ERRORS = {
+    "unknown curriculum key": (_set("training.curriculum", {"tau_0": 0.3}), "training.curriculum.tau_0"),
+    "unknown evaluation key": (_set("evaluation.batchsize", 4), "evaluation.batchsize"),
+    "mistyped margin": (_set("registration.margin", "a lot"), "registration.margin"),
+    "unknown preprocessing key": (_set("preprocessing.answer_stile", "answer"), "preprocessing.answer_stile"),
+    # answer style comes from the preprocessing (answer); a training block saying otherwise is refused
+    "training restates the answer style": (_set("training.answer_style", "think"), "training.answer_style"),
+    "split fractions over 1": (_set("preprocessing.split_fractions", [0.6, 0.3, 0.3]), "split_fractions"),
+    "unknown answer style": (_set("preprocessing.answer_style", "json"), "preprocessing.answer_style"),
+    "max_pixels below min_pixels": (_set("preprocessing.max_pixels", 1000), "preprocessing.max_pixels"),
+    "a gate metric evaluation never writes": (
+        _set("registration.metric", "eval/A@0.65"),
+        "registration.metric",
+    ),
+    "a data root that does not exist": (
+        lambda c: _set("data.sources.0.synth", None)(_set("data.sources.0.root", "/no/such/dataset")(c)),
+        "data.sources[0].root",
+    ),
+    "a top level that is a list": (lambda c: [c], "the top level must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(set(CONFIG_ERRORS) - {"a data root that does not exist"}))
+def test_a_config_file_is_checked_whole_before_zenml_reads_it(tmp_path: Path, case: str) -> None:
+    """What ``-c FILE`` passes through first (``config.load_run_config``): one line naming the file and key.
+    (The data root needs the active stack, so only the CLI test below covers it.)"""
+    from medloc_core.config import ConfigError, load_run_config
+
+    edit, named = CONFIG_ERRORS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(edit(yaml.safe_load((REPO / "configs" / "medloc_training_local.yaml").read_text())))
+    )
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert named in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "block,key,value,named",
-    [
-        ("training", "curriculum", {"tau_0": 0.3}, "training.curriculum.tau_0"),
-        ("evaluation", "batchsize", 4, "evaluation.batchsize"),
-        ("registration", "margin", "a lot", "registration.margin"),
-        ("preprocessing", "answer_stile", "answer", "preprocessing.answer_stile"),
-        # answer style comes from the preprocessing (answer); a training block saying otherwise is refused
-        ("training", "answer_style", "think", "training.answer_style"),
-    ],
-)
-def test_a_config_typo_fails_before_any_step_runs(tmp_path: Path, block, key, value, named) -> None:
-    """`zenml pipeline run medloc_training -c <config with a typo>` fails in seconds, naming the key."""
+    "case",
+    ["unknown curriculum key", "a gate metric evaluation never writes", "a data root that does not exist",
+     "a top level that is a list"],
+)  # fmt: skip
+def test_a_config_error_fails_before_any_step_runs_in_one_line(tmp_path: Path, case: str) -> None:
+    """`zenml pipeline run medloc_training -c <bad config>` fails in seconds, before any step, with one short
+    message naming the key (and the file) and no traceback; ``MEDLOC_DEBUG=1`` shows the traceback."""
     import time
 
-    import yaml
-
-    config = yaml.safe_load((REPO / "configs" / "medloc_training_local.yaml").read_text())
-    section = config["parameters"][block]
-    if isinstance(value, dict):
-        section[key] = {**(section.get(key) or {}), **value}
-    else:
-        section[key] = value
-    path = tmp_path / "typo.yaml"
+    edit, named = CONFIG_ERRORS[case]
+    config = edit(yaml.safe_load((REPO / "configs" / "medloc_training_local.yaml").read_text()))
+    path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     zenml = Path(sys.executable).with_name("zenml")
     start = time.monotonic()
@@ -264,7 +308,20 @@ def test_a_config_typo_fails_before_any_step_runs(tmp_path: Path, block, key, va
     assert result.returncode != 0, output[-3000:]
     assert named in output, output[-3000:]
     assert "has started" not in output and "ingest_data" not in output, output[-3000:]  # no step ran
+    message = [line for line in output.splitlines() if line.startswith("medloc_training: ")]
+    assert len(message) == 1 and named in message[0], output[-3000:]
+    lines = output.splitlines()
+    tail = lines[lines.index(message[0]) :]  # before it, only ZenML's first-use chatter on a fresh store
+    assert "Traceback" not in output and "│" not in output and len(tail) <= 2, output[-3000:]
     assert seconds < 120, seconds
+    if case == "a top level that is a list":
+        assert str(path) in message[0]
+        debug = subprocess.run(
+            [str(zenml), "pipeline", "run", "medloc_training", "-c", str(path)],
+            cwd=REPO, env={**env_for(tmp_path), "MEDLOC_DEBUG": "1"}, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert debug.returncode != 0 and "Traceback" in debug.stdout + debug.stderr
 
 
 @pytest.mark.slow

@@ -148,13 +148,17 @@ def test_served_model_answers_base64_and_refuses_bad_requests(served, tmp_path):
     # Requests MLflow's own server refuses before the model sees them: one line, the payload never echoed.
     secret = "PAYLOAD-MARKER-" + "x" * 40
     raw = {
-        "no image column": json.dumps({"dataframe_split": {"columns": ["query"], "data": [[secret]]}}).encode(),
+        "no image column": json.dumps(
+            {"dataframe_split": {"columns": ["query"], "data": [[secret]]}}
+        ).encode(),
         "bytes that are not UTF-8": b'{"dataframe_split": "\xff\xfe' + secret.encode() + b'"}',
         "not JSON": secret.encode(),
     }
     messages = {}
     for what, body_bytes in raw.items():
-        request = urllib.request.Request(served, data=body_bytes, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            served, data=body_bytes, headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=120)
         text = err.value.read().decode("utf-8", "replace")

@@ -21,7 +21,7 @@ import pandas as pd
 from medloc_core.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Frame
 from medloc_core.data.records import RECORD_COLUMNS, SPLITS
 from medloc_core.data.templates import default_query, prior_knowledge_for
-from medloc_core.prompts import build_prompt_text
+from medloc_core.prompts import ANSWER_STYLES, build_prompt_text
 
 PREPARED_COLUMNS = (
     *RECORD_COLUMNS,
@@ -76,11 +76,8 @@ def assign_splits(
     records of a group that already has a split join that split (the group's most common one). Groups with no
     split at all are divided by ``split_fractions`` (train, val, test), counted in records.
     """
+    check_options(split_fractions=split_fractions)
     fractions = [float(f) for f in split_fractions]
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(
-            f"split_fractions must be three non-negative numbers summing to 1, got {split_fractions}"
-        )
     group = records["dataset"].astype(str) + "\x1f" + records["group_id"].astype(str)
     current = records["split"].astype(str) if honour_existing_splits else pd.Series("", index=records.index)
     bad = sorted(set(current) - {"", *SPLITS})
@@ -114,6 +111,32 @@ def _image_hash(path: str, meta: str) -> str | None:
         return None
 
 
+def check_options(
+    *,
+    split_fractions: Sequence[float] | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    answer_style: str | None = None,
+    **_: Any,
+) -> None:
+    """Refuse settings :func:`preprocess` cannot run with, naming the setting (``ValueError``): three split
+    fractions that are >= 0 and sum to 1, a known answer style, ``0 < min_pixels <= max_pixels`` (areas in
+    px²). Run on the config at parse time and again by :func:`preprocess` itself."""
+    if split_fractions is not None:
+        fractions = [float(f) for f in split_fractions]
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+            raise ValueError(
+                f"split_fractions: must be three non-negative numbers (train, val, test) summing to 1, "
+                f"got {list(split_fractions)}"
+            )
+    if answer_style is not None and answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style: must be one of {ANSWER_STYLES}, got {answer_style!r}")
+    if min_pixels is not None and min_pixels <= 0:
+        raise ValueError(f"min_pixels: must be > 0, got {min_pixels}")
+    if min_pixels is not None and max_pixels is not None and max_pixels < min_pixels:
+        raise ValueError(f"max_pixels: {max_pixels} is below min_pixels ({min_pixels})")
+
+
 def preprocess(
     records: pd.DataFrame,
     *,
@@ -130,6 +153,12 @@ def preprocess(
     ``prepared_df`` has :data:`PREPARED_COLUMNS`; ``manifest`` holds the record ids per split, the seed and
     options, the images' sha256 hashes, reader options found in ``meta`` and counts.
     """
+    check_options(
+        split_fractions=split_fractions,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        answer_style=answer_style,
+    )
     missing = [c for c in RECORD_COLUMNS if c not in records.columns]
     if missing:
         raise ValueError(f"records lack columns {missing}")
