@@ -170,21 +170,53 @@ def _mlflow_server_tracker(name: str, tracking_uri: str) -> ComponentSpec:
     )
 
 
-def local_stack_spec(mlflow_tracking_uri: str = "") -> StackSpec:
+#: The bearer token ZenML's tracker sends to a server that asks for none: ZenML requires exactly one
+#: authentication method for an http(s) tracking URI, while a plain ``mlflow server`` on a private host ignores
+#: the ``Authorization`` header. It is not a credential.
+OPEN_SERVER_TOKEN = "medloc-open-server"
+_MLFLOW_AUTH_ENV = (("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"), _SECRET_ENV[MLFLOW_SECRET])
+
+
+def _server_auth(
+    tracking_uri: str, environ: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Tracker settings and ZenML secrets for an MLflow server at ``tracking_uri``: the user's credentials
+    when the environment has them (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, MedLoc's ``MEDLOC_MLFLOW_*``, or
+    ``MLFLOW_TRACKING_TOKEN``), kept in the ZenML secret ``medloc_mlflow_auth``; else :data:`OPEN_SERVER_TOKEN`."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return {}, {}
+    # Every key set, None where unused: ZenML merges an update into the stored settings and drops the Nones,
+    # so switching from a token to a password (or back) leaves exactly one method.
+    unset = dict.fromkeys(("tracking_username", "tracking_password", "tracking_token"))
+    for user_var, password_var in _MLFLOW_AUTH_ENV:
+        if environ.get(user_var) and environ.get(password_var):
+            values = {"username": environ[user_var], "password": environ[password_var]}
+            refs = {f"tracking_{key}": "{{" + MLFLOW_SECRET + "." + key + "}}" for key in values}
+            return {**unset, **refs}, {MLFLOW_SECRET: values}
+    if environ.get("MLFLOW_TRACKING_TOKEN"):
+        token = {"tracking_token": "{{" + MLFLOW_SECRET + ".token}}"}
+        return {**unset, **token}, {MLFLOW_SECRET: {"token": environ["MLFLOW_TRACKING_TOKEN"]}}
+    return {**unset, "tracking_token": OPEN_SERVER_TOKEN}, {}
+
+
+def local_stack_spec(mlflow_tracking_uri: str = "", environ: Mapping[str, str] | None = None) -> StackSpec:
     """The default single-machine stack: local orchestrator and artifact store, MLflow tracker + registry.
 
     With an empty ``mlflow_tracking_uri`` the tracker is ZenML's zero-config MLflow (SQLite DB and artifacts
-    inside the local artifact store); otherwise it points at the given URI (``sqlite:///...`` or a server).
+    inside the local artifact store); otherwise it points at the given URI (``sqlite:///...`` or a server; a
+    server's credentials come from the environment, and an open server needs none: :func:`_server_auth`).
     """
     tracker_config = {"tracking_uri": mlflow_tracking_uri} if mlflow_tracking_uri else {}
+    auth, secrets = _server_auth(mlflow_tracking_uri, os.environ if environ is None else environ)
     return StackSpec(
         LOCAL_STACK,
         [
             ComponentSpec("orchestrator", "default", "local"),
             ComponentSpec("artifact_store", "default", "local"),
-            ComponentSpec("experiment_tracker", "medloc_mlflow_local", "mlflow", tracker_config),
+            ComponentSpec("experiment_tracker", "medloc_mlflow_local", "mlflow", {**tracker_config, **auth}),
             ComponentSpec("model_registry", "medloc_mlflow_registry", "mlflow"),
         ],
+        secrets=secrets,
     )
 
 

@@ -174,3 +174,58 @@ def test_stack_registration_is_idempotent_and_k8s_config_compiles(tmp_path: Path
     assert local1["stack:local"] == "created" and local1["orchestrator:default"] == "unchanged"
     code, local2, err = register(["local", "--set"], env)
     assert code == 0 and set(local2.values()) == {"unchanged"}
+
+
+OPEN_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import json, mlflow
+    from zenml.client import Client
+    from steps.mlflow_run import ensure_embedded_stack
+
+    ensure_embedded_stack()  # what the pipeline does before it composes a run
+    tracker = Client().active_stack.experiment_tracker
+    tracker.configure_mlflow()
+    mlflow.set_experiment("open-server-check")
+    with mlflow.start_run() as run:
+        mlflow.log_metric("reached", 1.0)
+    keys = ("tracking_username", "tracking_token")
+    resolved = {k: getattr(tracker.config, k) for k in keys}  # secret references resolved on access
+    stored = {k: v for k, v in tracker.config.model_dump().items() if k.startswith("tracking_")}
+    print("RESULT " + json.dumps({"run_id": run.info.run_id, "resolved": resolved, "stored": stored}, default=str))
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_embedded_stack_logs_to_an_open_tracking_server_and_uses_credentials_when_given(
+    tmp_path: Path,
+    mlflow_server_uri: str,  # noqa: F811  (conftest fixture: a plain `mlflow server`, no authentication)
+) -> None:
+    """``MLFLOW_TRACKING_URI=http://...`` of an unauthenticated server works as is; with credentials in the
+    environment, the tracker uses them (from a ZenML secret, never stored in its settings)."""
+    from mlflow import MlflowClient
+
+    def run(**extra: str) -> dict:
+        env = zenml_env(
+            tmp_path / "zenml", MLFLOW_TRACKING_URI=mlflow_server_uri, MEDLOC_HOME=str(tmp_path / "home"),
+            PYTHONPATH=str(REPO), **extra,
+        )  # fmt: skip
+        env = {k: v for k, v in env.items() if k == "MLFLOW_TRACKING_URI" or not k.startswith("MLFLOW_")}
+        env.update(extra)
+        script = tmp_path / "check_tracker.py"  # a file: ZenML takes its folder as the source root
+        script.write_text(OPEN_SERVER_SCRIPT)
+        proc = subprocess.run(
+            [PY, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+    client = MlflowClient(tracking_uri=mlflow_server_uri)
+    open_run = run()
+    assert client.get_run(open_run["run_id"]).data.metrics["reached"] == 1.0
+    assert open_run["resolved"]["tracking_username"] is None
+    with_password = run(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD="s3cret-pw")
+    assert client.get_run(with_password["run_id"]).data.metrics["reached"] == 1.0
+    assert with_password["resolved"] == {"tracking_username": "alice", "tracking_token": None}
+    stored = json.dumps(with_password["stored"])
+    assert "s3cret-pw" not in stored and "{{medloc_mlflow_auth.password}}" in stored, stored
