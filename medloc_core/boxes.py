@@ -219,6 +219,22 @@ _SEP = r"(?:\s*+,\s*+|\s++)"
 # Exactly 4 numbers separated by commas or whitespace, optionally quoted, with an optional trailing comma.
 _FOUR_NUMBERS = re.compile(rf"\s*+{_QNUM}{_SEP}{_QNUM}{_SEP}{_QNUM}{_SEP}{_QNUM}\s*+,?\s*+")
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+
+
+def answer_scopes(text: str) -> tuple[list[str], bool]:
+    """Where a box may be read from a text, in order, and whether those are ``<answer>`` blocks.
+
+    The answer wins over the reasoning everywhere a box is read (completions, dataset answers): closed
+    ``<think>`` blocks are set aside first, so a box mentioned while thinking, or an ``<answer>`` example echoed
+    there, never stands in for the answer. Returns the ``<answer>`` blocks outside the reasoning when there are
+    any (an unclosed one runs to the end), else the text outside the reasoning and then the whole text.
+    """
+    outside = _THINK_BLOCK.sub(" ", text)
+    blocks = [m.group(1) for m in _ANSWER_BLOCK.finditer(outside)]
+    if blocks:
+        return blocks, True
+    return ([outside, text] if outside != text else [text]), False
 # A box key followed by its list: "bbox_2d": [..], 'bbox': [..], box=[..], also a list nested once ([[..]]).
 _KEYED_LIST = re.compile(
     r"""["']?\b(?:bbox_2d|bbox|box_2d|box)\b["']?\s*+[:=]\s*+[\[(]\s*+\[?([^\[\]()]*+)\]?\s*+[\])]""",
@@ -305,10 +321,10 @@ def parse_box(
     no space after ``[``), corners as written (an inverted box scores IoU 0), nothing outside the answer block.
     ``parser="lenient"`` (the default, for evaluation and ``predict``) is described below.
 
-    Scope: the ``<answer>`` blocks if the text has any (the first block holding a box wins, so an empty
-    ``<answer> </answer>`` echoed from the instructions inside ``<think>`` does not hide the real answer; an
-    unclosed ``<answer>`` runs to the end of the text), else the whole text. Text outside the answer blocks is
-    then ignored. Inside a block the first match wins, in this order of preference:
+    Scope (:func:`answer_scopes`): closed ``<think>`` blocks are set aside; then the ``<answer>`` blocks if there
+    are any (the first block holding a box wins, so an empty ``<answer> </answer>`` does not hide the real answer;
+    an unclosed ``<answer>`` runs to the end of the text), else the text outside the reasoning, then the whole
+    text. Inside a scope the first match wins, in this order of preference:
 
     1. a box key with a 4-number list: ``"bbox_2d": [...]``, ``"bbox"``, ``"box_2d"``, ``"box"`` (any quotes),
        which also covers a list of such objects (the first object with a valid box is used);
@@ -356,14 +372,10 @@ def parse_box(
         return _to_pixels(values, coords, width, height, swap=False)
     try:
         values = None
-        has_answer = False
-        for block in _ANSWER_BLOCK.finditer(text):
-            has_answer = True
-            values = _find_numbers(block.group(1))
+        for scope in answer_scopes(text)[0]:
+            values = _find_numbers(scope)
             if values is not None:
                 break
-        if not has_answer:
-            values = _find_numbers(text)
     except (ValueError, OverflowError, RecursionError):  # defensive: model output must never crash training
         return None
     if values is None:

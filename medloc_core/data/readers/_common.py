@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from medloc_core.boxes import answer_scopes
 from medloc_core.data.records import SPLITS
 from medloc_core.data.scan import ImageUnit, Target, list_images
 
@@ -141,9 +142,18 @@ def parse_box_text(value: object) -> list[float] | None:
             return parse_box_text(json.loads(value))
         except ValueError:
             pass
-        match = _FOUR_NUMBERS.search(value)
-        if match:
-            return [float(v) for v in match.groups()]
+        scopes, in_answer = answer_scopes(value)
+        for scope in scopes:  # the answer's box, never one mentioned in the <think> block
+            if in_answer:
+                try:
+                    box = parse_box_text(json.loads(scope))
+                except ValueError:
+                    box = None
+                if box is not None:
+                    return box
+            match = _FOUR_NUMBERS.search(scope)
+            if match:
+                return [float(v) for v in match.groups()]
     return None
 
 

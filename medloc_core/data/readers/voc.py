@@ -48,9 +48,9 @@ def read_voc(
             scan.quarantine_item(path, 0, "object", "annotation has no <object>")
             continue
         filename = (node.findtext("filename") or "").strip() or path.stem
+        # No fallback to an image named like the XML file: a <filename> that is refused or missing is
+        # quarantined with that reason, never replaced by a guess.
         image_path = finder.find(filename, (path.parent.parent / "JPEGImages", path.parent))
-        if image_path is None:
-            image_path = finder.find(path.stem)
         for k, obj in enumerate(objects, start=1):
             name = (obj.findtext("name") or "").strip()
             if not name:
