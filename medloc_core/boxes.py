@@ -235,6 +235,8 @@ def answer_scopes(text: str) -> tuple[list[str], bool]:
     if blocks:
         return blocks, True
     return ([outside, text] if outside != text else [text]), False
+
+
 # A box key followed by its list: "bbox_2d": [..], 'bbox': [..], box=[..], also a list nested once ([[..]]).
 _KEYED_LIST = re.compile(
     r"""["']?\b(?:bbox_2d|bbox|box_2d|box)\b["']?\s*+[:=]\s*+[\[(]\s*+\[?([^\[\]()]*+)\]?\s*+[\])]""",

@@ -177,9 +177,16 @@ def test_duplicate_coco_image_ids_are_quarantined_not_last_wins(tmp_path):
     ]
     coco(tmp_path / "c.json", images, [ann(1, image_id=1), ann(2, image_id=2)])
     result = read("coco", tmp_path)
-    assert_accounted(result, 2 + 2)  # two annotations + the two image entries that share id 1
+    # The input rows are the two annotations: an image entry is an item only when no annotation is on it, so
+    # the two entries that share id 1 are reported (rows 0) without counting rows that do not exist.
+    assert_accounted(result, 2)
     assert len(result.records) == 1
     assert sorted(result.quarantine["field"]) == ["id", "id", "image_id"]
+    assert result.quarantine.loc[result.quarantine["field"] == "id", "rows"].tolist() == [0, 0]
+    images.append({"id": 3, "file_name": "a.jpg"})
+    images.append({"id": 3, "file_name": "b.jpg"})  # a duplicated id nothing refers to: two real items
+    coco(tmp_path / "c.json", images, [ann(1, image_id=1), ann(2, image_id=2)])
+    assert_accounted(read("coco", tmp_path), 4)
 
 
 def test_ham10000_same_id_in_both_parts_and_two_masks_are_reported(tmp_path):
@@ -192,9 +199,14 @@ def test_ham10000_same_id_in_both_parts_and_two_masks_are_reported(tmp_path):
     mask(tmp_path / "seg" / "ISIC_2_segmentation.png", (3, 4, 20, 25))
     (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nL1,ISIC_1,nv\nL2,ISIC_2,mel\n")
     result = read("ham10000", tmp_path)
-    assert_accounted(result, 2)
+    # two metadata rows + the second ISIC_1 file (three image files, each accounted for)
+    assert_accounted(result, 3)
     assert list(result.records["record_id"]) == ["ISIC_2"]
     assert "several image files" in reasons(result, "image_id")[0]
+    mask(tmp_path / "other_seg" / "ISIC_2_segmentation.png", (3, 4, 20, 25))  # now two masks for ISIC_2
+    result = read("ham10000", tmp_path)
+    assert_accounted(result, 4)
+    assert len(result.records) == 0 and "several masks" in reasons(result, "mask_path")[0]
 
 
 def test_mask_folder_with_two_masks_for_one_image(tmp_path):
@@ -204,7 +216,7 @@ def test_mask_folder_with_two_masks_for_one_image(tmp_path):
     mask(tmp_path / "masks" / "a.png", (3, 4, 20, 25))
     mask(tmp_path / "masks" / "a_mask.png", (5, 5, 10, 10))
     result = read("masks", tmp_path)
-    assert_accounted(result, 1)
+    assert_accounted(result, 2)  # the image and the second mask file
     assert len(result.records) == 0 and "several masks" in reasons(result, "mask_path")[0]
 
 
@@ -406,3 +418,22 @@ def test_unusable_paths_quarantine_the_row_not_the_file(tmp_path, ref):
         result = read(fmt, tmp_path)
         assert_accounted(result, 2)
         assert len(result.records) == 1 and result.quarantine["row"].tolist() == [1 if fmt == "jsonl" else 2]
+
+
+def test_an_inverted_mask_is_quarantined_and_a_large_real_lesion_is_not(tmp_path):
+    """Lesion black on white would become a box over the whole image; a lesion filling most of the image
+    but not its border is a real (large) finding."""
+    img(tmp_path / "images" / "inverted.png")
+    img(tmp_path / "images" / "large.png")
+    m = np.full((30, 40), 255, np.uint8)
+    m[10:18, 12:22] = 0  # the lesion, black on white
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(m, "L").save(tmp_path / "masks" / "inverted.png")
+    large = np.zeros((30, 40), np.uint8)
+    large[2:28, 2:38] = 255  # 78 % of the image, none of its border
+    Image.fromarray(large, "L").save(tmp_path / "masks" / "large.png")
+    result = read("masks", tmp_path)
+    assert_accounted(result, 2)
+    assert list(result.records["record_id"]) == ["large"]
+    (why,) = reasons(result, "mask_path")
+    assert "inverted" in why and "inverted.png" in why

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from medloc_core.data.masks import MIN_COMPONENT_PX, mask_boxes
+from medloc_core.data.masks import MIN_COMPONENT_PX, binarise, inverted_mask_problem, mask_boxes
 from medloc_core.data.records import (
     DEFAULT_MAX_QUARANTINE_FRACTION,
     QuarantineEntry,
@@ -163,6 +163,14 @@ def process_unit(unit: ImageUnit) -> tuple[list[dict], list[QuarantineEntry], st
                     f"mask {target.mask_path} is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}"
                 )
                 bad.append(QuarantineEntry(target.source_file, target.row, "mask_path", reason))
+                continue
+            inverted = inverted_mask_problem(binarise(mask))
+            if inverted is not None:
+                bad.append(
+                    QuarantineEntry(
+                        target.source_file, target.row, "mask_path", f"{target.mask_path}: {inverted}"
+                    )
+                )
                 continue
             boxes, n_components = mask_boxes(mask, target.mask_mode)
             if not boxes:

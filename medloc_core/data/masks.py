@@ -30,6 +30,36 @@ def binarise(mask: np.ndarray, threshold: int = MASK_THRESHOLD) -> np.ndarray:
     return mask > threshold
 
 
+#: A mask whose foreground covers at least this share of the image *and* of its border is read as inverted
+#: (lesion black on white): a real finding, however large, rarely fills the image's whole edge.
+INVERTED_AREA = 0.5
+INVERTED_BORDER = 0.9
+
+
+def inverted_mask_problem(foreground: np.ndarray, min_component_px: int = MIN_COMPONENT_PX) -> str | None:
+    """Why a binarised mask looks inverted (one line), or None. Its box would be the whole image.
+
+    Inverted: the foreground covers most of the image and nearly all of its border, and encloses a background
+    region of at least ``min_component_px`` (the lesion, black). A mask that is foreground everywhere (a lesion
+    filling the frame) has no such hole and is kept."""
+    if foreground.ndim != 2 or min(foreground.shape) < 3:
+        return None
+    area = float(foreground.mean())
+    border = np.concatenate([foreground[0], foreground[-1], foreground[1:-1, 0], foreground[1:-1, -1]])
+    edge = float(border.mean())
+    if area < INVERTED_AREA or edge < INVERTED_BORDER:
+        return None
+    labels, _ = ndimage.label(~foreground, structure=_EIGHT)
+    on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    hole = np.isin(labels, on_border, invert=True) & (labels > 0)
+    if int(hole.sum()) >= min_component_px:
+        return (
+            f"mask looks inverted: foreground covers {100 * area:.0f} % of the image and {100 * edge:.0f} % "
+            "of its border (lesion black on white?); invert the mask file"
+        )
+    return None
+
+
 def component_boxes(
     foreground: np.ndarray, min_component_px: int = MIN_COMPONENT_PX
 ) -> list[tuple[Box, int]]:

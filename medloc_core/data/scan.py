@@ -58,8 +58,14 @@ class Scan:
     quarantine: list[QuarantineEntry] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
-    def quarantine_item(self, source_file: str | os.PathLike, row: int, field_name: str, reason: str) -> None:
-        self.quarantine.append(QuarantineEntry(str(source_file), int(row), field_name, _one_line(reason)))
+    def quarantine_item(
+        self, source_file: str | os.PathLike, row: int, field_name: str, reason: str, *, rows: int = 1
+    ) -> None:
+        """One bad input item. ``rows=0`` reports an entry that is not an input row of its own (its rows are
+        counted where they are quarantined), so ``input rows = records + quarantined rows`` stays exact."""
+        self.quarantine.append(
+            QuarantineEntry(str(source_file), int(row), field_name, _one_line(reason), int(rows))
+        )
 
     def quarantine_file(
         self, source_file: str | os.PathLike, field_name: str, reason: str, rows: int

@@ -124,11 +124,6 @@ def _read_file(
             duplicated.setdefault(image["id"], [first[0]] if first else []).append(position)
             continue
         images[image["id"]] = (position, image)
-    for image_id, positions in duplicated.items():
-        for position in positions:
-            scan.quarantine_item(
-                path, position, "id", f"duplicate image id {image_id!r} (image entries {positions})"
-            )
 
     out: list[tuple[str, Path, Target]] = []
     annotated: set[object] = set()
@@ -143,6 +138,7 @@ def _read_file(
             )
             continue
         if image_id in duplicated:
+            annotated.add(image_id)
             scan.quarantine_item(
                 path,
                 position,
@@ -198,6 +194,17 @@ def _read_file(
             box_format="xywh",
         )
         out.append((name, image_path, target))
+    # An image entry is an input item only when no annotation is on it (the annotations are the items then):
+    # a duplicated id's entries are reported either way, counted as rows only when nothing refers to them.
+    for image_id, positions in duplicated.items():
+        for position in positions:
+            scan.quarantine_item(
+                path,
+                position,
+                "id",
+                f"duplicate image id {image_id!r} (image entries {positions})",
+                rows=0 if image_id in annotated else 1,
+            )
     for image_id, (position, image) in images.items():
         if image_id not in annotated:
             scan.quarantine_item(

@@ -42,6 +42,12 @@ def _several(image_id: str, what: str, paths: list[Path], root: Path) -> str:
     return f"image_id {image_id!r} has several {what}: {names}"
 
 
+def _quarantine_extra_files(scan: Scan, paths: list[Path], field_name: str, owner: str) -> None:
+    """Files beyond the first that share one id are input items of their own: each exists, none is used."""
+    for path in paths[1:]:
+        scan.quarantine_item(path, 0, field_name, f"{path.name} is one of several files for {owner}")
+
+
 def find_metadata(root: Path) -> Path:
     found = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower() in METADATA_NAMES)
     if not found:
@@ -52,7 +58,9 @@ def find_metadata(root: Path) -> Path:
 
 
 def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10000") -> Scan:
-    """Scan a HAM10000 folder. Items: one per metadata row, plus one per image with no metadata row."""
+    """Scan a HAM10000 folder. Items: one per metadata row, one per image with no metadata row, and one per
+    image or mask file beyond the first where several share an image id (each file exists, so each is
+    accounted for)."""
     if mask_mode not in MASK_MODES:
         raise ValueError(f"mask_mode must be one of {MASK_MODES}")
     metadata = find_metadata(root)
@@ -107,6 +115,7 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
         image = image_by_id.get(image_id.lower())
         if isinstance(image, list):
             scan.quarantine_item(metadata, line, "image_id", _several(image_id, "image files", image, root))
+            _quarantine_extra_files(scan, image, "image_id", f"image_id {image_id!r}, metadata row {line}")
             continue
         if image is None:
             scan.quarantine_item(
@@ -116,6 +125,7 @@ def read_ham10000(root: Path, *, mask_mode: str = "union", dataset: str = "ham10
         mask = masks.get(image_id.lower())
         if isinstance(mask, list):
             scan.quarantine_item(metadata, line, "mask_path", _several(image_id, "masks", mask, root))
+            _quarantine_extra_files(scan, mask, "mask_path", f"image_id {image_id!r}, metadata row {line}")
             continue
         if mask is None:
             scan.quarantine_item(

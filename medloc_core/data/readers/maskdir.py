@@ -2,7 +2,8 @@
 
 Default folders are ``images/`` and ``masks/`` under the root (sub-folders named train/val/test give the
 split). A mask matches an image when its stem equals the image stem, optionally followed by ``_mask``,
-``_segmentation``, ``_seg`` or ``_label`` (case-insensitive). Items: every image, every unmatched mask.
+``_segmentation``, ``_seg`` or ``_label`` (case-insensitive). Items: every image, every unmatched mask, and
+every mask beyond the first where several match one image (each file exists, so each is accounted for).
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def read_masks(
             used.add(key)
             names = ", ".join(p.name for p in candidates[key])
             scan.quarantine_item(image, 0, "mask_path", f"several masks match image {image.name}: {names}")
+            for extra in candidates[key][1:]:  # each further mask file is an input item of its own
+                scan.quarantine_item(
+                    extra, 0, "mask_path", f"mask {extra.name} is one of several for image {image.name}"
+                )
             continue
         if mask is None:
             scan.quarantine_item(
