@@ -26,6 +26,8 @@ CURRICULUM_STATE_NAME = "curriculum_state.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 PREFIX = "checkpoint-"
 DAMAGED_PREFIX = "damaged-"
+#: Pickles the Trainer writes but never loads on resume (the run's own arguments are used instead).
+NOT_LOADED_ON_RESUME = ("training_args.bin",)
 
 
 def checkpoint_steps(output_dir: Path) -> list[tuple[int, Path]]:
@@ -66,6 +68,8 @@ def _torch_file_problem(path: Path) -> str | None:
                 return f"{path.name} is empty"
     except (OSError, zipfile.BadZipFile) as exc:
         return f"{path.name} is truncated or not a torch.save archive: {exc}"
+    if path.name in NOT_LOADED_ON_RESUME:
+        return None
     return _unsafe_pickle_problem(path)
 
 

@@ -237,19 +237,63 @@ def log_and_register(
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
-    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-    version = int(mv.version)
-    # The metrics live on the logged model (MLflow 3: the model page lists them, linked to the run), not as tags.
+    # The metrics live on the logged model (MLflow 3: the model page lists them, linked to the run), not as tags;
+    # they are written before the version exists and its record comes with it (one call), so a process killed
+    # in between never leaves a version that the gate cannot compare.
     log_model_metrics(info.model_id, logged_run_id, metrics, client=client)
     log_model_metrics(info.model_id, logged_run_id, base_metrics or {}, base=True, client=client)
     tags = {TAG_EVAL_SET_HASH: eval_set_hash, TAG_RUN_ID: logged_run_id, TAG_ANSWER_STYLE: answer_style}
-    for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, str(version), key, value)
+    mv = mlflow.register_model(info.model_uri, MODEL_NAME, tags=tags)
+    version = int(mv.version)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, str(version))
     logger.info(
         "registered %s version %d (alias %s) from run %s", MODEL_NAME, version, CHALLENGER, logged_run_id
     )
     return version
+
+
+def retire_incomplete_versions(*, client: Any = None, name: str = MODEL_NAME) -> list[str]:
+    """Settle the versions a killed run left half-registered; returns one log line per version changed.
+
+    A version without its evaluation record (``medloc.eval_set_hash``) can never be compared by the gate: it
+    is deleted. A version with its record but no gate decision (killed before the gate ran) is finished as
+    ``interrupted`` (not promoted; ``medloc promote --version N`` can still decide it). Only versions whose run
+    is no longer ``RUNNING`` are touched: a live run may be between these calls right now.
+    """
+    client = _client(client)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    lines = []
+    for mv in versions:
+        tags = dict(mv.tags or {})
+        if TAG_EVAL_SET_HASH in tags and TAG_DECISION in tags:
+            continue
+        try:
+            status = client.get_run(mv.run_id).info.status if mv.run_id else "UNKNOWN"
+        except MlflowException:
+            status = "DELETED"
+        if status == "RUNNING":
+            continue
+        if TAG_EVAL_SET_HASH not in tags:
+            client.delete_model_version(name, str(mv.version))
+            lines.append(
+                f"removed {name} version {mv.version}: its run ({status}) ended before the evaluation record "
+                "was written, so no gate could ever compare it"
+            )
+            continue
+        client.set_model_version_tag(name, str(mv.version), TAG_DECISION, "interrupted")
+        client.set_model_version_tag(
+            name,
+            str(mv.version),
+            TAG_REASONS,
+            f"its run ({status}) ended before the promotion gate ran; not promoted",
+        )
+        lines.append(f"finished {name} version {mv.version} as 'interrupted': its run ended before the gate")
+    for line in lines:
+        logger.warning(line)
+    return lines
 
 
 class NoModelAtAliasError(LookupError):

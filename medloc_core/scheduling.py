@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import re
 import shlex
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from medloc_core import locks
 
 #: Macros accepted by both Vixie cron and the Kubernetes CronJob controller.
 CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -265,15 +266,11 @@ def run_and_report(
 
 
 def _try_lock(stack: contextlib.ExitStack, path: Path) -> bool:
-    """Take an exclusive, non-blocking ``flock`` on ``path`` for the rest of ``stack``; False if it is held."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = stack.enter_context(path.open("w"))
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """Take an exclusive, non-blocking lock on ``path`` for the rest of ``stack``; False if it is held."""
+    handle = locks.try_lock(path)
+    if handle is None:
         return False
-    handle.write(f"{os.getpid()} {dt.datetime.now(dt.UTC).isoformat()}\n")
-    handle.flush()
+    stack.callback(handle.close)
     return True
 
 

@@ -194,3 +194,39 @@ def log_training_result(result: Mapping[str, Any], folder: Path, schedule: str) 
         for r in result["history"][-DEAD_TAIL_STEPS:]
     ]
     return summary
+
+
+FAILED_STEP_TAG = "medloc.failed_step"
+ERROR_TAG = "medloc.error"
+
+
+def close_killed_run(
+    *, pipeline_run_id: str, run_name: str, step: str, experiment: str = EXPERIMENT
+) -> list[str]:
+    """Mark the MLflow run(s) of a pipeline run whose process died ``KILLED``, tagged with the ``step`` that was
+    running; returns their ids. Found by MedLoc's pipeline-run tag or, if the process died before the first
+    step tagged it, by the run name ZenML's tracker gives it. A run killed between steps shows ``FINISHED``
+    (the tracker ends it after every step) and is closed the same way."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    quoted = run_name.replace("'", "")
+    runs = {
+        run.info.run_id: run
+        for query in (f"tags.`{RUN_ID_TAG}` = '{pipeline_run_id}'", f"attributes.run_name = '{quoted}'")
+        for run in client.search_runs([found.experiment_id], filter_string=query, max_results=10)
+    }
+    closed = []
+    for run_id, run in runs.items():
+        if run.info.status in ("KILLED", "FAILED"):
+            continue
+        client.set_tag(run_id, FAILED_STEP_TAG, step)
+        client.set_tag(
+            run_id, ERROR_TAG, f"killed: the process running step {step} ended without closing the run"
+        )
+        client.set_terminated(run_id, status="KILLED")
+        closed.append(run_id)
+    return closed

@@ -28,15 +28,15 @@ from medloc_core.config import (
     TrainingParams,
 )
 from medloc_core.tracking import export_medloc_home, medloc_home
+from pipelines import run_guard
 from steps.evaluate import evaluate_model
 from steps.ingest import ingest_data
-from steps.mlflow_run import TRACKER_SETTINGS, ensure_embedded_stack, prepare_experiment, tag_failure
+from steps.mlflow_run import TRACKER_SETTINGS, prepare_experiment, tag_failure
 from steps.preprocess import preprocess_data
 from steps.register import register_model
 from steps.train import train_model
 
 export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
-ensure_embedded_stack()  # before ZenML compiles against the active stack: the embedded one has the MLflow tracker
 
 EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_training_local.yaml"
 
@@ -69,6 +69,12 @@ class MedlocTrainingPipeline(Pipeline):
         if config_path is not None:
             config.load_run_config(config_path)
         return super().with_options(*args, config_path=config_path, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Before ZenML composes against the active stack: the run lock, the embedded stack (it has the MLflow
+        # tracker) and the closing of runs a killed process left open (pipelines/run_guard.py).
+        run_guard.start_run()
+        return super().__call__(*args, **kwargs)
 
 
 def _steps_run_here() -> bool:
@@ -130,7 +136,7 @@ medloc_training = MedlocTrainingPipeline(  # what @pipeline(...) builds, with th
 )
 
 #: Errors a user causes and fixes in the config or the environment: printed as one line by the CLI entry.
-USER_ERRORS: tuple[type[BaseException], ...] = (config.ConfigError,)
+USER_ERRORS: tuple[type[BaseException], ...] = (config.ConfigError, run_guard.RunConflict)
 
 
 def install_one_line_errors() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from zenml import get_step_context
 
+from infra.stacks import ensure_stack, local_stack_spec
 from medloc_core import tracking
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ def ensure_embedded_stack() -> str:
         return stack.name
     if stack.name == "default" and stack.components.get(StackComponentType.EXPERIMENT_TRACKER):
         return stack.name
-    from infra.stacks import ensure_stack, local_stack_spec
-
     report = ensure_stack(client, local_stack_spec(tracking.tracking_uri()), activate=True)
     changed = {k: v for k, v in report.items() if v != "unchanged"}
     if changed or stack.name == "default":
@@ -97,9 +96,11 @@ def tag_failure(exception: BaseException) -> None:
     if run is None:
         return
     client = mlflow.MlflowClient()
-    client.set_tag(run.info.run_id, "medloc.failed_step", get_step_context().step_run.name)
+    client.set_tag(run.info.run_id, tracking.FAILED_STEP_TAG, get_step_context().step_run.name)
     client.set_tag(
-        run.info.run_id, "medloc.error", " ".join(f"{type(exception).__name__}: {exception}".split())[:5000]
+        run.info.run_id,
+        tracking.ERROR_TAG,
+        " ".join(f"{type(exception).__name__}: {exception}".split())[:5000],
     )
 
 

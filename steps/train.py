@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
 from zenml import step
 
-from medloc_core import tracking
+from medloc_core import locks, tracking
 from medloc_core.config import FROM_PREPROCESSING, TrainingParams
 from steps.mlflow_run import pipeline_mlflow_run
 
@@ -25,11 +27,19 @@ def training_folder(config: dict, manifest: dict) -> Path:
     key = hashlib.sha256(
         json.dumps({"config": config, "data": manifest.get("hash")}, sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
-    folder = tracking.medloc_home() / "runs" / f"train-{key}"
-    if (folder / "final").exists():  # a finished run with the same key: train again from scratch
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return tracking.medloc_home() / "runs" / f"train-{key}"
+
+
+@contextlib.contextmanager
+def claimed(folder: Path) -> Iterator[Path]:
+    """Hold ``folder`` for this run: a second live run with the same config and data fails at once, naming
+    the holder, instead of resuming from or rotating away this run's checkpoints. A finished run's folder
+    (``final/``) is cleared, so the same key trains again from scratch."""
+    with locks.held(folder.with_name(folder.name + ".lock"), f"training folder {folder}"):
+        if (folder / "final").exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
 
 
 @step(experiment_tracker=True)
@@ -49,15 +59,19 @@ def train_model(
     options = manifest.get("options", manifest)
     train_config = config.training_config(**{k: options[k] for k in FROM_PREPROCESSING if k in options})
     resolved = train_config.to_dict()
-    folder = training_folder(resolved, manifest)
     launch = config.accelerate.model_dump(exclude_defaults=True) if config.accelerate else None
     run = pipeline_mlflow_run()
     tracking.log_training_config(train_config, launch, str(manifest.get("hash", "")))
-    if config.accelerate and config.accelerate.num_processes > 1:  # multi-GPU: `accelerate launch` children
-        result = launch_training(prepared, resolved, folder, accelerate=launch, mlflow_run_id=run.info.run_id)
-    else:
-        outcome = train(prepared, train_config, folder)
-        result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
+    with claimed(training_folder(resolved, manifest)) as folder:
+        if (
+            config.accelerate and config.accelerate.num_processes > 1
+        ):  # multi-GPU: `accelerate launch` children
+            result = launch_training(
+                prepared, resolved, folder, accelerate=launch, mlflow_run_id=run.info.run_id
+            )
+        else:
+            outcome = train(prepared, train_config, folder)
+            result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
     summary = tracking.log_training_result(result, folder, train_config.schedule)
     logger.info("Training finished: %s", {k: v for k, v in summary.items() if k != "history_tail"})
     # The base (the policy GRPO started from: the hub id or the SFT warm-up folder) travels as a name/path.

@@ -24,6 +24,7 @@ def make_checkpoint(folder: Path, step: int) -> Path:
     # as transformers saves it: python, numpy and torch RNG states (numpy's needs transformers' allowlist)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
     torch.save(rng, folder / "rng_state.pth")
+    torch.save(Tampered(), folder / "training_args.bin")  # a full pickle, never loaded on resume
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (folder / "curriculum_state.json").write_text(json.dumps({"global_step": step, "schedule": {"tau": 0.3}}))
     return folder
