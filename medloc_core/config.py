@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from medloc_core import masking
 from medloc_core.curriculum import CurriculumConfig
 from medloc_core.data.preprocess import check_options as check_preprocess_options
 from medloc_core.data.preprocess import preprocess
@@ -309,7 +310,10 @@ def check_data_roots(data: BaseModel) -> None:
     """Refuse a local data root that does not exist unless the source generates it (``synth:``). Only for runs
     whose steps run on this machine: a Kubernetes pod mounts its roots, which need not exist here."""
     for i, source in enumerate(data.sources or []):
-        root = source.root
+        try:
+            root = masking.reveal(source.root)
+        except KeyError as exc:
+            raise ConfigError(f"data.sources[{i}].root: {exc.args[0]}") from None
         if source.synth is None and "://" not in root and not Path(root).expanduser().exists():
             raise ConfigError(
                 f"data.sources[{i}].root: {root} does not exist (point it at the dataset folder as downloaded, "

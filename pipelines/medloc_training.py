@@ -9,6 +9,7 @@ any step runs; an argument left out (``None``) takes that block of the embedded 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from zenml import Model
 from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
-from medloc_core import config
+from medloc_core import config, masking
 from medloc_core.config import (
     DataConfig,
     EvaluationConfig,
@@ -44,7 +45,7 @@ EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_trai
 def embedded_parameters(path: Path = EMBEDDED_CONFIG) -> dict[str, dict]:
     """The ``parameters:`` block of the embedded default config, ``${VAR}`` placeholders substituted by ZenML's
     own substitution, exactly as when the same file is passed with ``-c``."""
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    config = yaml.safe_load(masking.defer(path.read_text(encoding="utf-8"))) or {}
     return substitute_env_variable_placeholders(config.get("parameters") or {})
 
 
@@ -68,6 +69,7 @@ class MedlocTrainingPipeline(Pipeline):
     ) -> MedlocTrainingPipeline:
         if config_path is not None:
             config.load_run_config(config_path)
+            config_path = _deferring_secrets(Path(config_path))
         return super().with_options(*args, config_path=config_path, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -75,6 +77,20 @@ class MedlocTrainingPipeline(Pipeline):
         # tracker) and the closing of runs a killed process left open (pipelines/run_guard.py).
         run_guard.start_run()
         return super().__call__(*args, **kwargs)
+
+
+def _deferring_secrets(path: Path) -> str:
+    """``path``, or where it has ``${VAR}`` of secret-looking variables, a copy that passes them on as
+    ``${secret:VAR}`` (medloc_core/masking.py): ZenML then records the name, never the value."""
+    text = path.read_text(encoding="utf-8")
+    deferred = masking.defer(text)
+    if deferred == text:
+        return str(path)
+    digest = hashlib.sha256(deferred.encode()).hexdigest()[:12]
+    copy = medloc_home() / "run-configs" / f"{path.stem}-{digest}.yaml"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(deferred, encoding="utf-8")
+    return str(copy)
 
 
 def _steps_run_here() -> bool:

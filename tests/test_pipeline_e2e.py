@@ -72,7 +72,11 @@ def zenml_query(env: dict[str, str], code: str) -> object:
 @pytest.mark.slow
 def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     config = shrunken_config(tmp_path)
-    env = env_for(tmp_path)
+    # A secret substituted into the config (here into the data root): used, but recorded nowhere.
+    secret = "tok-" + os.urandom(8).hex()
+    text = config.read_text().replace("synth-ham10000", "synth-${MEDLOC_DATA_TOKEN}")
+    config.write_text(text)
+    env = {**env_for(tmp_path), "MEDLOC_DATA_TOKEN": secret}
     zenml = Path(sys.executable).with_name("zenml")
     result = subprocess.run(
         [str(zenml), "pipeline", "run", "medloc_training", "-c", str(config)],
@@ -83,6 +87,19 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert (tmp_path / "data" / f"synth-{secret}").is_dir()  # the value was used where the data lives
+    leaks = [
+        str(path)
+        for path in [
+            tmp_path / "mlflow.db",
+            *(tmp_path / "zenml").rglob("*"),
+            *(tmp_path / "home").rglob("*"),
+        ]
+        if path.is_file() and "/checkpoint-" not in str(path) and secret.encode() in path.read_bytes()
+    ]
+    assert not leaks and secret not in result.stdout + result.stderr, (
+        leaks
+    )  # params, manifest, artifacts, logs
 
     from mlflow import MlflowClient
 

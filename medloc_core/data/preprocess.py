@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medloc_core import masking
 from medloc_core.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Frame
 from medloc_core.data.records import RECORD_COLUMNS, SPLITS
 from medloc_core.data.templates import default_query, prior_knowledge_for
@@ -106,7 +107,7 @@ def _image_hash(path: str, meta: str) -> str | None:
     if digest:
         return digest
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return hashlib.sha256(Path(masking.reveal(path)).read_bytes()).hexdigest()
     except OSError:
         return None
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from medloc_core import masking
 from medloc_core.data.ingest import read_dataset
 from medloc_core.data.records import check_quarantine_limit, quarantine_frame
 from medloc_core.data.synth import TRUTH_FILE, Difficulty, generate
@@ -85,6 +86,13 @@ def ingest_sources(
     if not sources:
         raise ValueError("data.sources is empty: name at least one dataset (format + root)")
     base_dir = base_dir or Path.cwd()
+    with masking.masked_logs(masking.deferred_names(list(sources))):
+        return _ingest(sources, max_quarantine_fraction, base_dir)
+
+
+def _ingest(
+    sources: Sequence[Mapping[str, Any]], max_quarantine_fraction: float, base_dir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     records, quarantines, manifests = [], [], []
     for index, source in enumerate(sources):
         unknown = set(source) - SOURCE_KEYS
@@ -93,12 +101,12 @@ def ingest_sources(
                 f"data.sources[{index}]: needs 'format' and 'root' (optional 'options', 'synth'); "
                 f"unknown keys {sorted(unknown)}"
             )
-        root = resolve_root(source["root"], base_dir)
+        # ${secret:NAME} placeholders (masking.py) get their values only here, where they are used
+        root = resolve_root(masking.reveal(source["root"]), base_dir)
         if source.get("synth"):
-            materialize_synthetic(root, source["synth"])
-        result = read_dataset(
-            source["format"], root, max_quarantine_fraction=None, **dict(source.get("options") or {})
-        )
+            materialize_synthetic(root, masking.reveal(source["synth"]))
+        options = masking.reveal(dict(source.get("options") or {}))
+        result = read_dataset(source["format"], root, max_quarantine_fraction=None, **options)
         records.append(result.records)
         quarantines.append(result.quarantine)
         manifests.append(result.manifest)
@@ -115,9 +123,13 @@ def ingest_sources(
         "sources": manifests,
         "input_rows": input_rows,
         "records": len(records_df),
-        "quarantined": len(quarantine_df),
+        "quarantined": int(quarantine_df["rows"].sum()) if len(quarantine_df) else 0,
         "max_quarantine_fraction": max_quarantine_fraction,
     }
+    # Paths, roots and reasons derived from a secret value carry its placeholder again: they are recorded.
+    secrets = masking.deferred_names(list(sources))
+    records_df, quarantine_df = masking.mask(records_df, secrets), masking.mask(quarantine_df, secrets)
+    report = masking.mask(report, secrets)
     report["hash"] = hashlib.sha256(json.dumps(report, sort_keys=True, default=str).encode()).hexdigest()
-    check_quarantine_limit(len(quarantine_df), input_rows, max_quarantine_fraction)
+    check_quarantine_limit(int(quarantine_df["rows"].sum()), input_rows, max_quarantine_fraction)
     return records_df, quarantine_df, report

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from medloc_core import prompts
+from medloc_core import masking, prompts
 from medloc_core.curriculum import SCHEDULE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def resolve_model_path(config: TrainingConfig) -> str:
         return str(
             modeling.ensure_tiny_model(config.tiny_model_dir, size=TINY_ALIASES[name], seed=config.seed, **kw)
         )
-    return str(name)
+    return str(masking.reveal(name))  # a ${secret:NAME} placeholder gets its value only here
 
 
 def weights_dtype(config: TrainingConfig) -> str:
