@@ -200,6 +200,29 @@ def test_bad_request_keeps_its_one_line_message_when_mlflow_rewrites_it():
         registry.load_image("aGVsbG8=")
 
 
+@pytest.mark.parametrize(
+    "message,fragment",
+    [
+        ("Failed to predict data '{\"query\": \"PAYLOAD\"}'. \nError: Model is missing inputs ['image'].", "['image']"),
+        ("Invalid input. Ensure that input is a valid JSON formatted string. Error: 'x'\nInput: \nPAYLOAD", "UTF-8 JSON"),
+        ("Failed to enforce schema of data 'PAYLOAD' with schema '...'", "signature"),
+        ("Encountered an unexpected error while evaluating the model. PAYLOAD", "could not score"),
+        ("something else entirely about PAYLOAD", "bad request"),
+    ],
+)  # fmt: skip
+def test_every_refused_request_is_one_line_without_the_payload(message, fragment):
+    from mlflow.exceptions import MlflowException
+
+    from medloc_core.serving import one_line_error
+
+    text = one_line_error(MlflowException(message))
+    assert fragment in text and "PAYLOAD" not in text and "\n" not in text, text
+    assert (
+        one_line_error(registry.BadRequest("row 0: column 'query' is empty"))
+        == "row 0: column 'query' is empty"
+    )
+
+
 def test_cli_constants_match_registry():
     from medloc_core.cli import registry as registry_cli
 
@@ -542,3 +565,40 @@ def test_predict_gives_one_line_errors_for_bad_image_files(case, tmp_path, capsy
         "oversized": "over the limit",
     }
     assert err.startswith("medloc predict: ") and fragment[case] in err
+
+
+def test_a_half_registered_version_never_survives_the_next_run(server_env):
+    """Killed after creating a version but before its evaluation record: removed. Killed after the record but
+    before the gate: finished as 'interrupted', never promoted. A version whose run is still live is left."""
+    import mlflow
+
+    client = server_env
+    client.create_registered_model(registry.MODEL_NAME)
+    experiment = mlflow.set_experiment("medloc-retire")
+    runs = {}
+    for name, status in (
+        ("no-record", "KILLED"),
+        ("no-gate", "KILLED"),
+        ("live", None),
+        ("done", "FINISHED"),
+    ):
+        run = client.create_run(experiment.experiment_id, run_name=name)
+        if status:
+            client.set_terminated(run.info.run_id, status)
+        runs[name] = client.create_model_version(
+            registry.MODEL_NAME, "s3://medloc/model", run.info.run_id
+        ).version
+    for name in ("no-gate", "done"):
+        client.set_model_version_tag(registry.MODEL_NAME, runs[name], registry.TAG_EVAL_SET_HASH, "h")
+    client.set_model_version_tag(registry.MODEL_NAME, runs["done"], registry.TAG_DECISION, "rejected")
+
+    lines = registry.retire_incomplete_versions(client=client)
+    assert len(lines) == 2, lines
+    left = {v.version: v.tags for v in client.search_model_versions(f"name = '{registry.MODEL_NAME}'")}
+    assert runs["no-record"] not in left and {runs["no-gate"], runs["live"], runs["done"]} <= set(left)
+    assert left[runs["no-gate"]][registry.TAG_DECISION] == "interrupted"
+    assert (
+        registry.TAG_DECISION not in left[runs["live"]]
+        and left[runs["done"]][registry.TAG_DECISION] == "rejected"
+    )
+    assert registry.retire_incomplete_versions(client=client) == []  # settled: nothing changes a second time
