@@ -437,3 +437,35 @@ def test_an_inverted_mask_is_quarantined_and_a_large_real_lesion_is_not(tmp_path
     assert list(result.records["record_id"]) == ["large"]
     (why,) = reasons(result, "mask_path")
     assert "inverted" in why and "inverted.png" in why
+
+
+@pytest.mark.parametrize("filename", ["../outside.jpg", "/etc/outside.jpg", "elsewhere/a.jpg"])
+def test_a_refused_voc_filename_is_quarantined_not_replaced_by_the_xml_stem(tmp_path, filename):
+    img(tmp_path / "JPEGImages" / "a.jpg")  # shares the XML file's stem: the guess the reader must not make
+    img(tmp_path.parent / "outside.jpg")
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "a.xml").write_text(
+        f"<annotation><filename>{filename}</filename><object><name>x</name>"
+        "<bndbox><xmin>2</xmin><ymin>2</ymin><xmax>12</xmax><ymax>12</ymax></bndbox></object></annotation>"
+    )
+    result = read("voc", tmp_path)
+    assert_accounted(result, 1)
+    assert len(result.records) == 0 and filename in reasons(result, "filename")[0]
+
+
+def test_the_answer_block_wins_over_a_box_mentioned_while_thinking(tmp_path):
+    img(tmp_path / "a.jpg")
+    answer = "<think>the lesion is not at [1, 1, 5, 5] but lower</think><answer>[2, 3, 12, 13]</answer>"
+    echoed = "<think>format: <answer>[0, 0, 1, 1]</answer></think> <answer>[4, 4, 14, 14]</answer>"
+    rows = [
+        {
+            "image": "a.jpg",
+            "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": answer}],
+        },
+        {"image": "a.jpg", "solution": echoed, "query": "r"},
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read("jsonl", tmp_path)
+    assert_accounted(result, 2)
+    got = result.records[["x1", "y1", "x2", "y2"]].values.tolist()
+    assert got == [[2, 3, 12, 13], [4, 4, 14, 14]], got
