@@ -113,6 +113,13 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] | None = None
     max_quarantine_fraction: float = Field(default=DEFAULT_MAX_QUARANTINE_FRACTION, ge=0.0, le=1.0)
 
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, value: list[SourceConfig] | None) -> list[SourceConfig] | None:
+        if value is not None and not value:
+            raise ValueError("empty: name at least one dataset (format + root), or leave sources out")
+        return value
+
 
 # --------------------------------------------------------------------------------------- preprocessing
 

@@ -35,12 +35,18 @@ def is_secret_name(name: str, env: Mapping[str, str] | None = None) -> bool:
     return name in listed or any(part in name.upper() for part in SECRET_NAME_PARTS)
 
 
-def defer(text: str, env: Mapping[str, str] | None = None) -> str:
-    """``text`` (a run config) with each ``${NAME}`` of a secret-looking variable turned into
-    ``${secret:NAME}``; other placeholders are kept for ZenML to substitute."""
-    return _PLACEHOLDER.sub(
-        lambda m: f"${{secret:{m.group(1)}}}" if is_secret_name(m.group(1), env) else m.group(0), text
-    )
+def defer(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """``value`` (the ``parameters:`` of a run config: strings inside dicts and lists) with each ``${NAME}``
+    of a secret-looking variable turned into ``${secret:NAME}``; other placeholders are kept for ZenML."""
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(
+            lambda m: f"${{secret:{m.group(1)}}}" if is_secret_name(m.group(1), env) else m.group(0), value
+        )
+    if isinstance(value, Mapping):
+        return {k: defer(v, env) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(defer(v, env) for v in value)
+    return value
 
 
 def deferred_names(value: Any) -> set[str]:

@@ -45,8 +45,8 @@ EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_trai
 def embedded_parameters(path: Path = EMBEDDED_CONFIG) -> dict[str, dict]:
     """The ``parameters:`` block of the embedded default config, ``${VAR}`` placeholders substituted by ZenML's
     own substitution, exactly as when the same file is passed with ``-c``."""
-    config = yaml.safe_load(masking.defer(path.read_text(encoding="utf-8"))) or {}
-    return substitute_env_variable_placeholders(config.get("parameters") or {})
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return substitute_env_variable_placeholders(masking.defer(config.get("parameters") or {}))
 
 
 # ZenML's Model Control Plane: every run is a version of the ZenML model `medloc-grounder` (the same name as the
@@ -80,16 +80,20 @@ class MedlocTrainingPipeline(Pipeline):
 
 
 def _deferring_secrets(path: Path) -> str:
-    """``path``, or where it has ``${VAR}`` of secret-looking variables, a copy that passes them on as
-    ``${secret:VAR}`` (medloc_core/masking.py): ZenML then records the name, never the value."""
-    text = path.read_text(encoding="utf-8")
-    deferred = masking.defer(text)
-    if deferred == text:
+    """``path``, or where its ``parameters:`` have ``${VAR}`` of secret-looking variables, a copy that passes
+    them on as ``${secret:VAR}`` (medloc_core/masking.py): ZenML then records the name, never the value. Other
+    sections (``settings:``, ...) are ZenML's own and keep its substitution."""
+    content = yaml.safe_load(path.read_text(encoding="utf-8"))  # a mapping: load_run_config checked it
+    parameters = content.get("parameters") or {}
+    deferred = masking.defer(parameters)
+    if deferred == parameters:
         return str(path)
-    digest = hashlib.sha256(deferred.encode()).hexdigest()[:12]
-    copy = medloc_home() / "run-configs" / f"{path.stem}-{digest}.yaml"
+    text = yaml.safe_dump({**content, "parameters": deferred}, sort_keys=False)
+    copy = (
+        medloc_home() / "run-configs" / f"{path.stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    )
     copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(deferred, encoding="utf-8")
+    copy.write_text(text, encoding="utf-8")
     return str(copy)
 
 

@@ -27,11 +27,15 @@ def test_which_names_are_secret(name: str, secret: bool) -> None:
 
 
 def test_defer_keeps_other_placeholders_for_zenml_and_reveal_restores_the_value() -> None:
-    text = "root: ${MEDLOC_HOME}/data/${HUB_TOKEN}\nurl: https://u:${DB_PASSWORD}@host/${TEAM}\n"
-    deferred = masking.defer(text, ENV)
-    assert deferred == (
-        "root: ${MEDLOC_HOME}/data/${secret:HUB_TOKEN}\nurl: https://u:${secret:DB_PASSWORD}@host/${TEAM}\n"
-    )
+    parameters = {
+        "data": {"root": "${MEDLOC_HOME}/data/${HUB_TOKEN}"},
+        "urls": ["https://u:${DB_PASSWORD}@h/${TEAM}"],
+    }
+    deferred = masking.defer(parameters, ENV)
+    assert deferred == {
+        "data": {"root": "${MEDLOC_HOME}/data/${secret:HUB_TOKEN}"},
+        "urls": ["https://u:${secret:DB_PASSWORD}@h/${TEAM}"],
+    }
     assert masking.deferred_names({"a": [deferred]}) == {"HUB_TOKEN", "DB_PASSWORD"}
     assert masking.reveal({"r": ["${secret:HUB_TOKEN}/x"]}, ENV) == {"r": ["hf_abcdef123/x"]}
     with pytest.raises(KeyError, match="NOT_SET_TOKEN"):

@@ -95,7 +95,7 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
             *(tmp_path / "zenml").rglob("*"),
             *(tmp_path / "home").rglob("*"),
         ]
-        if path.is_file() and "/checkpoint-" not in str(path) and secret.encode() in path.read_bytes()
+        if path.is_file() and secret.encode() in path.read_bytes()
     ]
     assert not leaks and secret not in result.stdout + result.stderr, (
         leaks
@@ -280,6 +280,11 @@ CONFIG_ERRORS = {
         "data.sources[0].root",
     ),
     "a top level that is a list": (lambda c: [c], "the top level must be a mapping"),
+    "no data sources": (_set("data.sources", []), "data.sources"),
+    "an unset variable": (
+        _set("data.sources.0.root", "${MEDLOC_NOT_SET_ANYWHERE}/x"),
+        "MEDLOC_NOT_SET_ANYWHERE",
+    ),
 }
 
 
