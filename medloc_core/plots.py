@@ -132,11 +132,22 @@ def plot_curriculum(history: Sequence[Mapping[str, Any]], path: str | Path | Non
 
 
 def plot_dead_groups(history: Sequence[Mapping[str, Any]], path: str | Path | None = None) -> Figure:
-    """Fraction of GRPO groups whose rewards all tie (``train/frac_reward_zero_std``): no advantage, no gradient."""
+    """Fraction of GRPO groups whose rewards all tie (``train/frac_reward_zero_std``): no advantage, no gradient;
+    with the accuracy reward's split into all-hit and all-miss groups (``train/dead_all_hit``/``_all_miss``)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
     steps, values = _steps_and_values(history, "train/frac_reward_zero_std")
     if steps.size:
-        ax.plot(steps, values, color="tab:purple", marker="." if steps.size < 50 else None)
+        marker = "." if steps.size < 50 else None
+        ax.plot(steps, values, color="tab:purple", marker=marker, label="all rewards tied (TRL)")
+        # why they are dead: every completion a hit at this τ (too easy) or none (too hard)
+        for key, color, label in (
+            ("train/dead_all_hit", "tab:green", "accuracy all hit"),
+            ("train/dead_all_miss", "tab:red", "accuracy all miss"),
+        ):
+            split_steps, split = _steps_and_values(history, key)
+            if split_steps.size:
+                ax.plot(split_steps, split, color=color, lw=1.0, alpha=0.8, label=label)
+        ax.legend(loc="upper right", fontsize=8)
     else:
         _empty_note(ax, "train/frac_reward_zero_std")
     ax.set_ylim(-0.02, 1.02)

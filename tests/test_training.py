@@ -256,6 +256,7 @@ def test_grpo_after_sft_warmup_logs_the_curriculum_every_step(sft_run) -> None:
         assert math.isfinite(metrics["train/loss"])
         assert math.isfinite(metrics["train/grad_norm"]) and metrics["train/grad_norm"] > 0
         assert 0.0 <= metrics["train/parse_failure_rate"] < 1.0  # the warm-up made boxes parseable
+        assert 0.0 <= metrics["train/dead_all_hit"] + metrics["train/dead_all_miss"] <= 1.0
     lines = (sft_run["out"] / "history.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
     # generate + loss forward each encode the image: at least two vision-tower calls per step.
@@ -555,3 +556,28 @@ def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_
         _cfg(trl={"epsilon_hi": 0.3})
     with pytest.raises(ValueError, match="'beta' is set by the pipeline or by training.beta"):
         _cfg(trl={"beta": 0.1})
+
+
+def test_dead_groups_split_into_all_hit_and_all_miss_at_the_step_threshold() -> None:
+    from medloc_core.schedules import make_schedule
+    from medloc_core.training.callbacks import dead_group_split
+
+    ious = [0.6, 0.7, 0.1, 0.0, 0.6, 0.1, 0.5, 0.5]  # groups of 2: all hit, all miss, live, all hit (>=)
+    fixed = make_schedule("fixed", tau=0.5)
+    assert dead_group_split(ious, [None] * 8, 2, fixed, {}, 0.5) == {
+        "train/dead_all_hit": 0.5,
+        "train/dead_all_miss": 0.25,
+    }
+    raw = make_schedule("raw_iou")  # no τ: only groups of zero IoU are dead (all miss)
+    assert dead_group_split([0.0, 0.0, 0.3, 0.0], [None] * 4, 2, raw, {}, None) == {
+        "train/dead_all_hit": 0.0,
+        "train/dead_all_miss": 0.5,
+    }
+
+    class PerDataset:
+        per_dataset = True
+
+    split = dead_group_split(
+        [0.4, 0.45, 0.4, 0.45], ["a", "a", "b", "b"], 2, PerDataset(), {"a": 0.3, "b": 0.5}, 0.4
+    )
+    assert split == {"train/dead_all_hit": 0.5, "train/dead_all_miss": 0.5}  # each group at its dataset's τ

@@ -72,6 +72,33 @@ def _gather(values: list) -> list:
         return values
 
 
+def dead_group_split(
+    ious: list[float],
+    datasets: list[Any],
+    group_size: int,
+    schedule: Any,
+    thresholds: dict[str, float],
+    tau: float | None,
+) -> dict[str, float]:
+    """Why GRPO groups are dead: the share of groups (``group_size`` consecutive completions of one prompt)
+    whose accuracy reward is a hit for every completion (``train/dead_all_hit``: IoU >= the τ that scored the
+    step; too easy at this τ) or for none (``train/dead_all_miss``; too hard). Schedules without a τ (raw IoU)
+    count a group of zero IoUs as all-miss and have no all-hit groups."""
+    groups = range(0, len(ious), group_size)
+    hit, miss = 0, 0
+    for start in groups:
+        group = ious[start : start + group_size]
+        bar = thresholds.get(str(datasets[start]), tau) if schedule.per_dataset else tau
+        if bar is None:
+            miss += all(v <= 0.0 for v in group)
+            continue
+        hits = sum(v >= bar for v in group)
+        hit += hits == len(group)
+        miss += hits == 0
+    n = len(groups)
+    return {"train/dead_all_hit": hit / n, "train/dead_all_miss": miss / n}
+
+
 def _transformers_callback_base():
     from transformers import TrainerCallback
 
@@ -127,6 +154,10 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
         failures = sum(_gather([record.parse_failures]))
         completions = sum(_gather([record.completions]))
         raised = False
+        if ious and len(ious) % self.num_generations == 0:
+            metrics.update(
+                dead_group_split(ious, datasets, self.num_generations, sched, per_ds_before, tau_before)
+            )
         if ious:
             if per_dataset:
                 raised = bool(sched.observe(ious, datasets=[str(d) for d in datasets]))
