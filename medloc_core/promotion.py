@@ -43,6 +43,8 @@ class PromotionDecision:
 
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    #: Nothing was decided or changed (the version is already the champion): its recorded decision stands.
+    unchanged: bool = False
 
 
 def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -302,9 +304,8 @@ def _promote_locked(
 
     decision: PromotionDecision
     if champion is not None and int(champion.version) == version:
-        decision = PromotionDecision(False, [f"version {version} is already the champion"])
-        _record_decision(client, version, decision, forced=False)
-        return decision
+        # Nothing to decide: the champion's recorded decision (why it became champion) is left as it is.
+        return PromotionDecision(False, [f"version {version} is already the champion"], unchanged=True)
     champ_metrics: dict[str, Any] | None = None
     notes: list[str] = []
     comparable = True

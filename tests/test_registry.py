@@ -329,6 +329,11 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     assert (
         client.get_model_version(registry.MODEL_NAME, "4").tags[registry.TAG_DECISION] == "promoted (forced)"
     )
+    # promoting the champion again changes nothing and is no failure: its recorded decision stands
+    assert cli.main(["promote", "--version", str(v4)]) == 0
+    assert (
+        client.get_model_version(registry.MODEL_NAME, "4").tags[registry.TAG_DECISION] == "promoted (forced)"
+    )
 
     # a pipeline registration whose gain over its base could be noise: registered, but it stays challenger,
     # although it beats the champion by far, and the decision states the interval

@@ -57,6 +57,9 @@ def _cmd_promote(args: argparse.Namespace) -> int:
         require_significant_gain=not args.skip_significance_check,
         force=args.force,
     )
+    if decision.unchanged:
+        print(f"{registry.MODEL_NAME} version {args.version}: already the champion, nothing changed  ({uri})")
+        return 0
     verdict = "PROMOTED to champion" if decision.promote else "NOT promoted"
     print(f"{registry.MODEL_NAME} version {args.version}: {verdict}  ({uri})")
     for reason in decision.reasons:
