@@ -48,7 +48,7 @@ run: setup .zen
 test: setup .zen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q --timeout=900
+	$(BIN)/pytest -q --timeout=900 -n 2 --dist loadgroup
 
 test-fast: setup .zen
 	$(BIN)/pytest -q -m "not slow"
