@@ -27,12 +27,15 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny"))
 
 
-#: Modules whose tests run ZenML from the repository root: they share its `.zen` (the active stack of the
-#: repository), so under `pytest -n 2 --dist loadgroup` they all run on one worker, one after another.
+#: Modules whose tests run ZenML from the repository root (elsewhere: tests marked ``zenml_repository``). They
+#: share its `.zen` (the repository's active stack), so under `pytest -n 2 --dist loadgroup` they all run on one
+#: worker, one after another.
 ZENML_REPOSITORY_MODULES = ("test_pipeline_", "test_infra_")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if item.module.__name__.startswith(ZENML_REPOSITORY_MODULES):
+        if item.module.__name__.startswith(ZENML_REPOSITORY_MODULES) or item.get_closest_marker(
+            "zenml_repository"
+        ):
             item.add_marker(pytest.mark.xdist_group("zenml_repository"))

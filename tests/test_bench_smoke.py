@@ -53,6 +53,7 @@ def test_curriculum_bench_writes_a_row_per_schedule_and_seed(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.zenml_repository  # the bench runs `zenml pipeline run` from the repository root
 def test_overhead_bench_measures_the_bare_loop(tmp_path: Path) -> None:
     # --skip-pipeline: the pipeline half is `zenml pipeline run`, which test_pipeline_e2e already runs (CI time).
     _run(
