@@ -116,8 +116,10 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert experiment.artifact_location.startswith((tmp_path / "home").as_uri()), experiment.artifact_location
     stack = zenml_query(
         env,
-        "s = Client().active_stack; t = s.experiment_tracker; "
-        "out = {'stack': s.name, 'tracker': t.flavor, 'uri': t.get_tracking_uri()}",
+        # the stack the run ran on (the repository's active stack is shared by every test that runs ZenML)
+        "from zenml.enums import StackComponentType as T\n"
+        "s = Client().get_pipeline('medloc_training').last_run.stack; t = s.components[T.EXPERIMENT_TRACKER][0]; "
+        "out = {'stack': s.name, 'tracker': t.flavor_name, 'uri': t.configuration.get('tracking_uri')}",
     )
     assert stack == {"stack": "local", "tracker": "mlflow", "uri": env["MLFLOW_TRACKING_URI"]}, stack
     step_uri = zenml_query(
