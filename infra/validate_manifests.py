@@ -15,6 +15,7 @@ Usage: ``python infra/validate_manifests.py infra/k8s/*.yaml`` (exit status 1 on
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import re
 import sys
@@ -175,7 +176,13 @@ def validate_file(path: str | Path, *, schema: bool | None = None) -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    paths: Iterable[str] = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python infra/validate_manifests.py",
+        description="Validate Kubernetes manifests offline (no cluster): the client's models and, when "
+        "kubernetes-validate is installed, the official schemas. Exit status 1 if any file is invalid.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="MANIFEST.yaml", help="e.g. infra/k8s/*.yaml")
+    paths: Iterable[str] = parser.parse_args(argv).paths
     status = 0
     for path in paths:
         try:

@@ -159,3 +159,8 @@ def test_cli_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main([str(MANIFESTS[0])]) == 0
     assert main([str(broken)]) == 1
     assert "unknown field 'portz'" in capsys.readouterr().err
+    with pytest.raises(
+        SystemExit
+    ) as done:  # --help prints the usage and exits 0 (it was read as a file name)
+        main(["--help"])
+    assert done.value.code == 0 and "MANIFEST.yaml" in capsys.readouterr().out
