@@ -328,9 +328,6 @@ def check_data_roots(data: BaseModel) -> None:
             )
 
 
-PLACEHOLDER = re.compile(r"\$\{([a-zA-Z0-9_]+)\}")  # the ${VAR} syntax ZenML substitutes in run configs
-
-
 def substitute_placeholders(value: Any, *, env: Mapping[str, str] | None = None, where: str = "") -> Any:
     """``value`` (YAML data) with every ``${VAR}`` replaced by the environment's value; a missing variable is a
     :class:`ConfigError` naming the key path."""
@@ -348,7 +345,7 @@ def substitute_placeholders(value: Any, *, env: Mapping[str, str] | None = None,
                 raise ConfigError(f"{where}: environment variable {match.group(1)} is not set")
             return env[match.group(1)]
 
-        return PLACEHOLDER.sub(_value, value)
+        return masking.PLACEHOLDER.sub(_value, value)
     return value
 
 

@@ -24,8 +24,22 @@ EXTRA_NAMES_ENV = "MEDLOC_SECRET_VARS"
 #: Shorter values are not masked in outputs: a 3-letter value would replace unrelated text.
 MIN_MASKED_LENGTH = 4
 
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # what ZenML substitutes
+PLACEHOLDER = re.compile(r"\$\{([a-zA-Z0-9_]+)\}")  # what ZenML substitutes (its own pattern)
 _DEFERRED = re.compile(r"\$\{secret:([A-Za-z_][A-Za-z0-9_]*)\}")  # what it leaves alone
+
+
+def _map_strings(value: Any, fn: Any, *, keys: bool = False) -> Any:
+    """``value`` (YAML-like data: dicts, lists, tuples) with ``fn`` applied to every string (and dict key)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {
+            (fn(k) if keys and isinstance(k, str) else k): _map_strings(v, fn, keys=keys)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_map_strings(v, fn, keys=keys) for v in value)
+    return value
 
 
 def is_secret_name(name: str, env: Mapping[str, str] | None = None) -> bool:
@@ -38,26 +52,18 @@ def is_secret_name(name: str, env: Mapping[str, str] | None = None) -> bool:
 def defer(value: Any, env: Mapping[str, str] | None = None) -> Any:
     """``value`` (the ``parameters:`` of a run config: strings inside dicts and lists) with each ``${NAME}``
     of a secret-looking variable turned into ``${secret:NAME}``; other placeholders are kept for ZenML."""
-    if isinstance(value, str):
-        return _PLACEHOLDER.sub(
-            lambda m: f"${{secret:{m.group(1)}}}" if is_secret_name(m.group(1), env) else m.group(0), value
-        )
-    if isinstance(value, Mapping):
-        return {k: defer(v, env) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(defer(v, env) for v in value)
-    return value
+
+    def one(match: re.Match) -> str:
+        return f"${{secret:{match.group(1)}}}" if is_secret_name(match.group(1), env) else match.group(0)
+
+    return _map_strings(value, lambda text: PLACEHOLDER.sub(one, text))
 
 
 def deferred_names(value: Any) -> set[str]:
     """The variable names of every ``${secret:NAME}`` in ``value`` (strings inside dicts, lists, tuples)."""
-    if isinstance(value, str):
-        return set(_DEFERRED.findall(value))
-    if isinstance(value, Mapping):
-        return set().union(*(deferred_names(v) for v in value.values()))
-    if isinstance(value, list | tuple):
-        return set().union(*(deferred_names(v) for v in value))
-    return set()
+    names: set[str] = set()
+    _map_strings(value, lambda text: names.update(_DEFERRED.findall(text)))
+    return names
 
 
 def reveal(value: Any, env: Mapping[str, str] | None = None) -> Any:
@@ -74,13 +80,7 @@ def reveal(value: Any, env: Mapping[str, str] | None = None) -> Any:
             raise KeyError(f"environment variable {name} is not set (the run config uses ${{{name}}})")
         return env[name]
 
-    if isinstance(value, str):
-        return _DEFERRED.sub(one, value) if "${secret:" in value else value
-    if isinstance(value, Mapping):
-        return {k: reveal(v, env) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(reveal(v, env) for v in value)
-    return value
+    return _map_strings(value, lambda text: _DEFERRED.sub(one, text) if "${secret:" in text else text)
 
 
 def mask(value: Any, names: set[str], env: Mapping[str, str] | None = None) -> Any:
@@ -93,25 +93,18 @@ def mask(value: Any, names: set[str], env: Mapping[str, str] | None = None) -> A
     )
     if not pairs:
         return value
-    return _mask(value, pairs)
 
-
-def _mask(value: Any, pairs: list[tuple[str, str]]) -> Any:
-    if isinstance(value, str):
+    def one(text: str) -> str:
         for secret, name in pairs:
-            if secret in value:
-                value = value.replace(secret, f"${{secret:{name}}}")
-        return value
-    if isinstance(value, Mapping):
-        return {_mask(k, pairs): _mask(v, pairs) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_mask(v, pairs) for v in value)
+            text = text.replace(secret, f"${{secret:{name}}}")
+        return text
+
     if hasattr(value, "select_dtypes") and hasattr(value, "copy"):  # a pandas DataFrame
         out = value.copy()
         for column in out.select_dtypes(include=["object", "string"]).columns:
-            out[column] = [_mask(v, pairs) for v in out[column]]
+            out[column] = [_map_strings(v, one) for v in out[column]]
         return out
-    return value
+    return _map_strings(value, one, keys=True)
 
 
 @contextlib.contextmanager

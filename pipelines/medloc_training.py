@@ -97,13 +97,6 @@ def _deferring_secrets(path: Path) -> str:
     return str(copy)
 
 
-def _steps_run_here() -> bool:
-    """Whether the active stack runs the steps on this machine (its paths are the steps' paths)."""
-    from zenml.client import Client
-
-    return Client().active_stack.orchestrator.flavor == "local"
-
-
 def medloc_training(
     data: DataConfig | None = None,
     preprocessing: PreprocessingConfig | None = None,
@@ -119,7 +112,7 @@ def medloc_training(
     evaluation = evaluation or config.parse_block("evaluation", embedded["evaluation"])
     registration = registration or config.parse_block("registration", embedded["registration"])
     config.check_agreement(preprocessing, training)  # still composing the run: no step has started
-    if _steps_run_here():
+    if run_guard.steps_run_here():  # its paths are the steps' paths
         config.check_data_roots(data)
     if "tiny_model_dir" not in training.model_fields_set:  # the offline stand-in is built under MEDLOC_HOME
         training = training.model_copy(update={"tiny_model_dir": str(medloc_home() / "models")})

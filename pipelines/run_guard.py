@@ -32,7 +32,7 @@ class RunConflict(RuntimeError):
     """Another live run holds this store; one line, naming it."""
 
 
-def _local_store_lock(client: Any) -> Path | None:
+def _local_store_lock() -> Path | None:
     """The lock file beside the ZenML store's SQLite database, or None when the store is a server."""
     from zenml.config.global_config import GlobalConfiguration
 
@@ -54,7 +54,7 @@ def start_run() -> None:
     from steps.mlflow_run import ensure_embedded_stack
 
     client = Client()
-    lock = _local_store_lock(client)
+    lock = _local_store_lock()
     if lock is not None and _held is None:
         _held = locks.try_lock(lock)
         if _held is None:
@@ -64,7 +64,7 @@ def start_run() -> None:
                 "(ZENML_CONFIG_PATH, MEDLOC_HOME)."
             )
     ensure_embedded_stack()  # under the lock: two first runs never register the stack at once
-    if client.active_stack.orchestrator.flavor != "local":
+    if not steps_run_here(client):
         if _held is not None:
             _held.close()
             _held = None
@@ -111,14 +111,17 @@ def close_orphaned_runs(client: Any) -> list[str]:
     return closed
 
 
+def steps_run_here(client: Any = None) -> bool:
+    """Whether the active stack runs the steps in this process, on this machine (the local orchestrator)."""
+    from zenml.client import Client
+
+    return (client or Client()).active_stack.orchestrator.flavor == "local"
+
+
 def _ran_locally(run: Any) -> bool:
+    from zenml.enums import StackComponentType
+
     stack = run.stack
     if stack is None:
         return False
-    return any(c.flavor_name == "local" for c in stack.components.get(_orchestrator_type(), []))
-
-
-def _orchestrator_type() -> Any:
-    from zenml.enums import StackComponentType
-
-    return StackComponentType.ORCHESTRATOR
+    return any(c.flavor_name == "local" for c in stack.components.get(StackComponentType.ORCHESTRATOR, []))

@@ -45,12 +45,11 @@ def inverted_mask_problem(foreground: np.ndarray, min_component_px: int = MIN_CO
     if foreground.ndim != 2 or min(foreground.shape) < 3:
         return None
     area = float(foreground.mean())
-    border = np.concatenate([foreground[0], foreground[-1], foreground[1:-1, 0], foreground[1:-1, -1]])
-    edge = float(border.mean())
+    edge = float(_border(foreground).mean())
     if area < INVERTED_AREA or edge < INVERTED_BORDER:
         return None
     labels, _ = ndimage.label(~foreground, structure=_EIGHT)
-    on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    on_border = np.unique(_border(labels))
     hole = np.isin(labels, on_border, invert=True) & (labels > 0)
     if int(hole.sum()) >= min_component_px:
         return (
@@ -58,6 +57,11 @@ def inverted_mask_problem(foreground: np.ndarray, min_component_px: int = MIN_CO
             "of its border (lesion black on white?); invert the mask file"
         )
     return None
+
+
+def _border(array: np.ndarray) -> np.ndarray:
+    """The pixels on the edge of a 2-D array, each once."""
+    return np.concatenate([array[0], array[-1], array[1:-1, 0], array[1:-1, -1]])
 
 
 def component_boxes(

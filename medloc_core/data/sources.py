@@ -86,12 +86,13 @@ def ingest_sources(
     if not sources:
         raise ValueError("data.sources is empty: name at least one dataset (format + root)")
     base_dir = base_dir or Path.cwd()
-    with masking.masked_logs(masking.deferred_names(list(sources))):
-        return _ingest(sources, max_quarantine_fraction, base_dir)
+    secrets = masking.deferred_names(list(sources))
+    with masking.masked_logs(secrets):
+        return _ingest(sources, max_quarantine_fraction, base_dir, secrets)
 
 
 def _ingest(
-    sources: Sequence[Mapping[str, Any]], max_quarantine_fraction: float, base_dir: Path
+    sources: Sequence[Mapping[str, Any]], max_quarantine_fraction: float, base_dir: Path, secrets: set[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     records, quarantines, manifests = [], [], []
     for index, source in enumerate(sources):
@@ -127,9 +128,8 @@ def _ingest(
         "max_quarantine_fraction": max_quarantine_fraction,
     }
     # Paths, roots and reasons derived from a secret value carry its placeholder again: they are recorded.
-    secrets = masking.deferred_names(list(sources))
     records_df, quarantine_df = masking.mask(records_df, secrets), masking.mask(quarantine_df, secrets)
     report = masking.mask(report, secrets)
     report["hash"] = hashlib.sha256(json.dumps(report, sort_keys=True, default=str).encode()).hexdigest()
-    check_quarantine_limit(int(quarantine_df["rows"].sum()), input_rows, max_quarantine_fraction)
+    check_quarantine_limit(report["quarantined"], input_rows, max_quarantine_fraction)
     return records_df, quarantine_df, report
