@@ -16,11 +16,8 @@ transformers' model classes; ``bench/step_profile.py`` measures what they save.
 from __future__ import annotations
 
 import functools
-import logging
 import types
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: Above this vocabulary size the plain log-softmax materialises too much; TRL's tiles are kept.
 MAX_COMPACT_VOCAB = 32_768
@@ -32,6 +29,20 @@ def _patch_embed_forward(self: Any, hidden_states: Any) -> Any:
     weight = self.proj.weight  # (embed_dim, C, T, P, P): the Conv3d's own parameter, trained as before
     flat = hidden_states.to(dtype=weight.dtype).reshape(-1, weight[0].numel())
     return F.linear(flat, weight.reshape(weight.shape[0], -1))
+
+
+def token_log_probs(logits: Any, targets: Any, *, with_entropy: bool) -> tuple[Any, Any]:
+    """``log p(target)`` at each position of ``logits`` (float, last dim the vocabulary), and with
+    ``with_entropy`` the entropy of each position's distribution, detached: an observable (metrics, entropy
+    masks), as in TRL, with no gradient. The one place both GRPO log-prob paths compute these."""
+    import torch
+
+    logp_all = torch.log_softmax(logits, dim=-1)
+    picked = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return picked, None
+    detached = logp_all.detach()
+    return picked, -(detached.exp() * detached).sum(-1)
 
 
 def linear_patch_embed(model: Any) -> int:
@@ -60,7 +71,6 @@ def compact_log_probs(model: Any, temperature: float) -> bool:
     Applied only where TRL would not use its Triton kernel (a model on CPU), for a model without logit
     softcapping or scaling and a vocabulary up to :data:`MAX_COMPACT_VOCAB`. Returns whether it was applied.
     """
-    import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
     text_config = model.config.get_text_config()
@@ -86,10 +96,7 @@ def compact_log_probs(model: Any, temperature: float) -> bool:
         mask = targets != -100
         head = self.get_output_embeddings()
         logits = head(hidden[mask]).float() / temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        picked = logp_all.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-        detached = logp_all.detach()  # an observable (metrics, entropy masks), as in TRL: no gradient
-        entropy = -(detached.exp() * detached).sum(-1)
+        picked, entropy = token_log_probs(logits, targets[mask], with_entropy=True)
         log_probs = hidden.new_zeros(mask.shape, dtype=picked.dtype).masked_scatter(mask, picked)
         entropies = hidden.new_zeros(mask.shape, dtype=entropy.dtype).masked_scatter(mask, entropy)
         loss = -log_probs.sum() / mask.sum().clamp(min=1)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medloc_core.cpu_kernels import token_log_probs
+
 
 def _checkpointing(model: Any) -> bool:
     """Whether gradient (activation) checkpointing is on: the layers then refuse a key/value cache."""
@@ -133,14 +135,9 @@ def shared_prefix_log_probs(
     # Token t is predicted from the hidden state before it: the prompt's last, then the completion's.
     hidden = torch.cat([prefix.last_hidden_state[index, -1:], rest.last_hidden_state[:, :-1]], dim=1)
     logits = model.get_output_embeddings()(hidden).float() / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    keep = attention_mask[:, prompt_len:].to(logp_all.dtype)
-    log_probs = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) * keep
-    entropies = None
-    if compute_entropy:
-        detached = logp_all.detach()  # an observable, as in TRL: no gradient
-        entropies = -(detached.exp() * detached).sum(-1) * keep
-    return log_probs, entropies
+    picked, entropy = token_log_probs(logits, completion_ids, with_entropy=compute_entropy)
+    keep = attention_mask[:, prompt_len:].to(picked.dtype)
+    return picked * keep, (entropy * keep if entropy is not None else None)
 
 
 def sample_tokens(probs: Any) -> Any:
