@@ -60,8 +60,10 @@ def synthetic_prepared(
     with the real reader and preprocess it for the frame ``min_pixels..max_pixels`` (default: the tiny model's).
     Returns the prepared DataFrame (boxes: original pixels in
     ``x1..y2``, model-input pixels in ``in_x1..in_y2``, xyxy)."""
-    from medloc_core.data import generate, preprocess, read_dataset
-    from medloc_core.data.synth import TRUTH_FILE, Difficulty
+    from medloc_core.data.ingest import read_dataset
+    from medloc_core.data.preprocess import preprocess
+    from medloc_core.data.synth import TRUTH_FILE, generate
+    from medloc_core.data.synth_render import Difficulty
 
     root = Path(root)
     difficulty = Difficulty(target_scale=target_scale, contrast=contrast, blur=blur)
@@ -93,28 +95,29 @@ def synthetic_prepared(
 
 def recipe_training_config(**overrides: Any) -> Any:
     """The embedded recipe's ``TrainingConfig`` (the ``training:`` block of configs/medloc_training_local.yaml,
-    parsed by the pipeline's own ``TrainingParams``) with the preprocessing's frame and answer style, and
+    parsed once by the pipeline's own ``TrainingConfig``) with the preprocessing's frame and answer style, and
     ``overrides`` on top (e.g. ``model_name_or_path``, ``seed``, ``max_steps``)."""
     import yaml
 
-    from medloc_core.config import TrainingParams
+    from medloc_core.training.config import TrainingConfig
 
     config = yaml.safe_load((REPO_ROOT / "configs" / "medloc_training_local.yaml").read_text())
     pre = config["parameters"]["preprocessing"]
     frame = {k: pre[k] for k in ("min_pixels", "max_pixels", "answer_style")}
-    return TrainingParams(**config["parameters"]["training"]).training_config(**{**frame, **overrides})
+    return TrainingConfig(**{**config["parameters"]["training"], **frame, **overrides})
 
 
 def stand_in(work: Path, seed: int) -> tuple[Path, Any]:
     """The ``grounder`` stand-in (init seed ``seed``, built once under ``work/models``) and its processor, set to
     the bench's input frame (``MIN_PIXELS``..``MAX_PIXELS``)."""
-    from medloc_core import modeling
+    from medloc_core.model import loading
+    from medloc_core.model.standin import ensure_tiny_model
 
-    base = modeling.ensure_tiny_model(
+    base = ensure_tiny_model(
         work / "models", seed=seed, size="grounder", min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS
     )
-    processor = modeling.load_processor(str(base))
-    modeling.set_pixel_bounds(processor, MIN_PIXELS, MAX_PIXELS)
+    processor = loading.load_processor(str(base))
+    loading.set_pixel_bounds(processor, MIN_PIXELS, MAX_PIXELS)
     return base, processor
 
 

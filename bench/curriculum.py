@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path to the repo root; must precede torch)
 
-from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES  # noqa: E402
+from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES
 
 EARLY_FRACTION = 0.3
 
@@ -50,7 +50,7 @@ EARLY_FRACTION = 0.3
 
 def accuracy_rewards(schedule: str, ious: Any, tau: float | None) -> Any:
     """The accuracy reward each schedule gives for IoUs ``ious`` at threshold ``tau`` (mirrors
-    ``medloc_core.rewards.make_reward_for_schedule``; ``>=`` as the schedules' default ``ge=True``)."""
+    ``medloc_core.rewards.grounding.make_reward_for_schedule``; ``>=`` as the schedules' default ``ge=True``)."""
     import numpy as np
 
     u = np.asarray(ious, dtype=np.float64)
@@ -91,13 +91,15 @@ def local_recipe() -> dict[str, Any]:
 
 def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
     """Build the stand-in (init seed ``seed``) and run the local recipe's SFT warm-up on the train split (the
-    pipeline's own ``training.run_sft_warmup``, early stop on the val split included); return its folder."""
-    from medloc_core import training
+    pipeline's own ``run_sft_warmup``, early stop on the val split included); return its folder."""
+    from medloc_core.training.config import TrainingConfig
+    from medloc_core.training.rows import build_examples, check_frames, train_rows
+    from medloc_core.training.warmup import run_sft_warmup, sft_val_examples
 
     recipe = local_recipe()
     keys = [k for k in recipe if k.startswith("sft_") and k != "sft_warmup_steps"]
     keys += ["schedule", "curriculum", "max_completion_length"]
-    cfg = training.TrainingConfig(
+    cfg = TrainingConfig(
         **{k: recipe[k] for k in keys if k in recipe},
         sft_warmup_steps=steps,
         answer_style="answer",
@@ -106,12 +108,12 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
         progress=False,
     )
     base, processor = common.stand_in(work, seed)
-    rows = training.train_rows(prepared)
-    training.check_frames(rows, processor)
-    examples = training.build_examples(rows, "answer")
+    rows = train_rows(prepared)
+    check_frames(rows, processor)
+    examples = build_examples(rows, "answer")
     out = work / f"seed{seed}"
-    folder, summary = training.run_sft_warmup(
-        cfg, str(base), processor, examples, out, training.sft_val_examples(prepared, cfg, processor)
+    folder, summary = run_sft_warmup(
+        cfg, str(base), processor, examples, out, sft_val_examples(prepared, cfg, processor)
     )
     print(
         f"  SFT seed {seed}: {summary['steps']} steps in {summary['seconds']:.0f} s (early stop: "
@@ -134,11 +136,12 @@ def grpo_run(
     prepared: Any, schedule: str, seed: int, sft_dir: Path, args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     """One GRPO run from the shared SFT checkpoint; returns its summary, per-step traces and history."""
-    from medloc_core import training
+    from medloc_core.training.config import TrainingConfig
+    from medloc_core.training.session import prepare_training
 
     recipe = local_recipe()
     curriculum = {**recipe.get("curriculum", {}), "window": args.window, "tau0": args.tau0}
-    cfg = training.TrainingConfig(
+    cfg = TrainingConfig(
         model_name_or_path=str(sft_dir),
         min_pixels=common.MIN_PIXELS,
         max_pixels=common.MAX_PIXELS,
@@ -161,7 +164,7 @@ def grpo_run(
     )
     metrics_rows: list[tuple[dict[str, float], int]] = []
     t0 = time.perf_counter()
-    session = training.prepare_training(
+    session = prepare_training(
         prepared,
         cfg,
         work / f"seed{seed}" / schedule,
@@ -224,7 +227,7 @@ def grpo_run(
         "summary": summary,
         "traces": traces,
         "metrics_rows": metrics_rows,
-        "config": cfg.to_dict(),
+        "config": cfg.model_dump(mode="json"),
         "eval": metrics,
     }
 
@@ -414,8 +417,10 @@ def simulate(args: argparse.Namespace, prepared: Any) -> str:
     real policy does besides that (format, KL, reward hacking), so read it as a sanity model only."""
     import numpy as np
 
-    from medloc_core import rewards
-    from medloc_core.curriculum import CurriculumConfig, make_schedule
+    from medloc_core.curriculum import make_schedule
+    from medloc_core.curriculum.config import CurriculumConfig
+    from medloc_core.rewards import grounding
+    from medloc_core.rewards.tracker import RewardTracker
 
     rows = prepared[prepared["split"] == "train"].reset_index(drop=True)
     gts = rows[["in_x1", "in_y1", "in_x2", "in_y2"]].to_numpy(dtype=np.float64)
@@ -430,8 +435,8 @@ def simulate(args: argparse.Namespace, prepared: Any) -> str:
                 sched = make_schedule("fixed", tau=0.5)
             else:
                 sched = make_schedule(name, total_steps=steps)
-            tracker = rewards.RewardTracker()
-            reward = rewards.make_reward_for_schedule(sched, tracker)
+            tracker = RewardTracker()
+            reward = grounding.make_reward_for_schedule(sched, tracker)
             sigma, dead_trace = args.sim_sigma0, []
             for _ in range(steps):
                 idx = rng.integers(0, len(gts), size=p).repeat(g)

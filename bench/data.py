@@ -14,8 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from medloc_core.data import generate, preprocess, read_dataset
-from medloc_core.data.synth import TRUTH_FILE
+from medloc_core.data.ingest import read_dataset
+from medloc_core.data.preprocess import preprocess
+from medloc_core.data.synth import TRUTH_FILE, generate
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 The training settings are ``configs/medloc_training_gpu.yaml``'s ``training`` block (G = 8, 8 completions per
 device, max_completion_length 256, lr 1e-6, beta 0.04, bf16 mixed precision, the curriculum reward), run through
-the pipeline's own ``training.prepare_training``. Each variant (adapter full / lora / mlae, gradient
+the pipeline's own ``prepare_training``. Each variant (adapter full / lora / mlae, gradient
 checkpointing off / on) trains ``--steps`` GRPO steps on synthetic HAM10000-layout images (600x450 on CUDA, as
 HAM10000; 224x168 on CPU); the first step is warm-up, the others are measured:
 
@@ -87,7 +87,7 @@ def build_random_qwen25vl_3b(out: Path, min_pixels: int, max_pixels: int) -> Pat
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from medloc_core.tokenizer import build_qwen25vl_processor
+    from medloc_core.model.tokenizer import build_qwen25vl_processor
 
     if (out / "config.json").is_file():
         return out
@@ -171,7 +171,8 @@ def varying_reward(prompts: Any, completions: Any, **kwargs: Any) -> list[float]
 def run_variant(prepared: Any, model_dir: Path, adapter: str, gc_on: bool, args: argparse.Namespace) -> dict:
     import torch
 
-    from medloc_core import training
+    from medloc_core.training.config import TrainingConfig
+    from medloc_core.training.session import prepare_training
 
     cuda = torch.cuda.is_available()
     spec = recipe()
@@ -191,7 +192,7 @@ def run_variant(prepared: Any, model_dir: Path, adapter: str, gc_on: bool, args:
     }
     if args.max_completion_length:
         cfg_dict["max_completion_length"] = args.max_completion_length
-    cfg = training.TrainingConfig.from_dict(cfg_dict)
+    cfg = TrainingConfig.model_validate(cfg_dict)
     out = args.work / f"run-{adapter}-gc{int(gc_on)}"
     row: dict[str, Any] = {"adapter": adapter, "gradient_checkpointing": gc_on}
     if cuda:
@@ -200,7 +201,7 @@ def run_variant(prepared: Any, model_dir: Path, adapter: str, gc_on: bool, args:
     session = None
     try:
         timer = StepTimer(cuda, None)
-        session = training.prepare_training(
+        session = prepare_training(
             prepared, cfg, out, metrics_sink=lambda m, s: None, resume=False, callbacks=[timer.callback]
         )
         trainer = session.trainer
@@ -278,7 +279,7 @@ def main() -> None:
 
     import torch
 
-    from medloc_core import modeling
+    from medloc_core.model.standin import ensure_tiny_model
 
     cuda = torch.cuda.is_available()
     args.steps = args.steps or (4 if cuda else 2)
@@ -297,7 +298,7 @@ def main() -> None:
         )  # fmt: skip
         device = torch.cuda.get_device_name(0)
     else:
-        model_dir = modeling.ensure_tiny_model(args.work / "models", size="tiny")
+        model_dir = ensure_tiny_model(args.work / "models", size="tiny")
         prepared = common.synthetic_prepared(
             args.work / "data-224", n=args.n, answer_style=pre["answer_style"]
         )

@@ -189,9 +189,10 @@ class _Timer:
 
 def run_bare(cfg: dict[str, Any], work: Path, name: str) -> dict[str, Any]:
     """``train()``'s pieces on the pipeline's data and training config, with timers on reward and scheduler."""
-    from medloc_core import training
     from medloc_core.data.preprocess import preprocess
     from medloc_core.data.sources import ingest_sources
+    from medloc_core.training.config import TrainingConfig
+    from medloc_core.training.session import prepare_training
 
     params = cfg["parameters"]
     data = params.get("data") or {}
@@ -202,9 +203,9 @@ def run_bare(cfg: dict[str, Any], work: Path, name: str) -> dict[str, Any]:
     if "split_fractions" in prep_cfg:
         prep_cfg["split_fractions"] = tuple(prep_cfg["split_fractions"])
     prepared, _ = preprocess(records, **prep_cfg)
-    config = training.TrainingConfig.from_dict(params["training"])
+    config = TrainingConfig.model_validate(params["training"])
     t0 = time.perf_counter()
-    session = training.prepare_training(prepared, config, work / name, resume=False)
+    session = prepare_training(prepared, config, work / name, resume=False)
     reward_t, observe_t, callback_t = _Timer(), _Timer(), _Timer()
     trainer = session.trainer
     trainer.reward_funcs = [reward_t.wrap(f) for f in trainer.reward_funcs]

@@ -53,9 +53,9 @@ def _blocks(config_path: Path) -> dict[str, Any]:
 
 def prepare_data(config_path: Path, work: Path) -> Path:
     """Ingest and preprocess the config's data as the pipeline does; the prepared table is written once."""
-    from medloc_core.config import DataConfig, PreprocessingConfig
-    from medloc_core.data import preprocess
+    from medloc_core.data.preprocess import preprocess
     from medloc_core.data.sources import ingest_sources
+    from medloc_core.run_config import DataConfig, PreprocessingConfig
 
     out = work / "prepared.parquet"
     if out.is_file():
@@ -80,18 +80,18 @@ def run_seed(seed: int, config_path: str, work: str, threads: int, overrides: di
     _OVERRIDES.update(overrides)
     import pandas as pd
 
-    from medloc_core.config import EvaluationConfig, PreprocessingConfig, TrainingParams
-    from medloc_core.evaluation import evaluate_model, paired_gain
-    from medloc_core.training import train
+    from medloc_core.evaluation import EvaluationConfig, evaluate_model, paired_gain
+    from medloc_core.run_config import PreprocessingConfig
+    from medloc_core.training.config import TrainingConfig
+    from medloc_core.training.session import train
 
     blocks = _blocks(Path(config_path))
     folder = Path(work) / f"seed{seed}"
     prepared = pd.read_parquet(Path(work) / "prepared.parquet")
     pre = PreprocessingConfig(**blocks["preprocessing"])
     frame = {"min_pixels": pre.min_pixels, "max_pixels": pre.max_pixels, "answer_style": pre.answer_style}
-    cfg = TrainingParams(
-        **blocks["training"]
-    ).training_config(
+    cfg = TrainingConfig(
+        **blocks["training"],
         **frame,
         seed=seed,
         tiny_model_dir=str(Path(work) / "models"),

@@ -27,23 +27,26 @@ def trace(seed: int, work: Path, every: int, steps: int | None, n: int) -> list[
     common.limit_threads(1)
     import torch
 
-    from medloc_core import modeling, sft, training
+    from medloc_core.model import loading
+    from medloc_core.training import sft
+    from medloc_core.training.rows import build_examples, train_rows
+    from medloc_core.training.warmup import greedy_hit_rate
 
     recipe = local_recipe()
     steps = recipe["sft_warmup_steps"] if steps is None else steps
     prepared = common.synthetic_prepared(work / "data", n=n, seed=0, size=224, contrast=1.0, blur=0.0)
     base, processor = common.stand_in(work, seed)
     splits = {
-        s: training.build_examples(training.train_rows(prepared, s), "answer")
+        s: build_examples(train_rows(prepared, s), "answer")
         for s in ("train", "val", "test")
     }
     torch.manual_seed(seed)
-    model = modeling.load_model(str(base), dtype="float32")
+    model = loading.load_model(str(base), dtype="float32")
     rows: list[dict[str, Any]] = []
 
     def check(step: int) -> None:
         def hit(split: str, iou: float) -> float:
-            return training.greedy_hit_rate(
+            return greedy_hit_rate(
                 model, processor, splits[split], iou=iou, max_new_tokens=recipe["max_completion_length"]
             )
 

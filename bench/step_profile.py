@@ -66,7 +66,7 @@ def _install_timers(session: Any, timers: dict[str, float]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     common.limit_threads(1)
-    from medloc_core import training
+    from medloc_core.training.session import prepare_training
 
     work = Path(args.work)
     prepared = common.synthetic_prepared(work / "data", n=args.n, seed=0, size=224, contrast=1.0, blur=0.0)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_steps=0,
         progress=False,
     )
-    session = training.prepare_training(prepared, cfg, work / f"profile-seed{args.seed}", resume=False)
+    session = prepare_training(prepared, cfg, work / f"profile-seed{args.seed}", resume=False)
     profiler = cProfile.Profile()
     timers: dict[str, float] = {}
     if not args.cprofile:

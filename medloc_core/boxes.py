@@ -256,7 +256,7 @@ _CORNER_KEYS = tuple(
 
 
 # VLM-R1's REC reward (vlm_modules/qwen_module.py): the first <answer>...</answer> block, closed; inside it the
-# first "[int, int, int, int]" with no space after "[" (the format reward's pattern is in medloc_core.rewards).
+# first "[int, int, int, int]" with no space after "[" (the format reward's pattern is in medloc_core.rewards.grounding).
 PARSERS = ("vlmr1", "lenient")
 _VLMR1_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _VLMR1_BOX = re.compile(r"\[(\d+),\s*(\d+),\s*(\d+),\s*(\d+)]")

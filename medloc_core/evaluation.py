@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medloc_core.data.records import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,25 @@ _INVALID_MLFLOW_CHARS = re.compile(r"[^/\w.\- :]")
 
 
 # ----------------------------------------------------------------------------------------------- metrics
+
+
+class EvaluationConfig(BaseModel):
+    """``evaluation:`` block of a run config (one home for the evaluation defaults). Lengths in tokens; ``n_boot`` bootstrap resamples (0 = no intervals)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split: str = "test"
+    max_new_tokens: int = Field(default=128, ge=1, le=4096)
+    batch_size: int = Field(default=8, ge=1)
+    n_boot: int = Field(default=1000, ge=0)
+    evaluate_base: bool = True
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, value: str) -> str:
+        if value not in SPLITS:
+            raise ValueError(f"must be one of {SPLITS}")
+        return value
 
 
 def _as_ious(ious: Any) -> np.ndarray:
@@ -332,14 +354,14 @@ def evaluate_model(
 
     ``prepared_df``: preprocessed records (``record_id, dataset, image_path, x1..y2`` in original pixels, and
     ``prompt_text`` or ``query``; ``split`` when a split is selected). ``split=None`` uses every row.
-    ``predictor`` (a :class:`medloc_core.inference.BoxPredictor`) can be passed to reuse a loaded model.
+    ``predictor`` (a :class:`medloc_core.model.inference.BoxPredictor`) can be passed to reuse a loaded model.
 
     Returns ``(metrics, predictions)``; ``predictions`` has ``record_id, dataset, completion, pred_x1..pred_y2``
     (original-image pixels, NaN when unparsed), ``iou`` (0 when unparsed) and ``parsed``.
     """
     from medloc_core.boxes import iou
     from medloc_core.images import ImageError, load_rgb
-    from medloc_core.inference import BoxPredictor
+    from medloc_core.model.inference import BoxPredictor
 
     missing = [c for c in _REQUIRED_COLUMNS if c not in prepared_df.columns]
     if missing:
@@ -354,8 +376,6 @@ def evaluate_model(
     if df.empty:
         raise ValueError(f"no rows to evaluate (split={split!r}, {len(prepared_df)} rows in total)")
     df = df.reset_index(drop=True)
-
-    from medloc_core.config import EvaluationConfig
 
     defaults = EvaluationConfig()  # one home for the evaluation defaults
     max_new_tokens = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens

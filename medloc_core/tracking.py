@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from medloc_core.paths import medloc_home
+
 logger = logging.getLogger(__name__)
 
 EXPERIMENT = "medloc"
@@ -23,24 +25,8 @@ RUN_ID_TAG = "medloc.pipeline_run_id"
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-
-
-def export_medloc_home() -> str:
-    """Set ``$MEDLOC_HOME`` to its default (``./.medloc``, absolute) when unset; return its value.
-
-    Configs say ``${MEDLOC_HOME}/data/...``, and ZenML substitutes ``${VAR}`` placeholders itself, failing on an
-    unset variable; the pipeline module calls this on import, which ``zenml pipeline run`` does before it reads
-    the config.
-    """
-    os.environ.setdefault("MEDLOC_HOME", str((Path.cwd() / ".medloc").resolve()))
-    return os.environ["MEDLOC_HOME"]
-
-
-def medloc_home() -> Path:
-    """The folder for local state (``$MEDLOC_HOME`` or ``./.medloc``), created on first use."""
-    home = Path(os.environ.get("MEDLOC_HOME", Path.cwd() / ".medloc")).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+#: The last training steps whose dead-group rates the summary carries (the registration gate reads them).
+DEAD_TAIL_STEPS = 10
 
 
 def tracking_uri() -> str:
@@ -141,12 +127,11 @@ def flatten_params(prefix: str, value: Any, out: dict[str, str] | None = None) -
 def log_training_config(config: Any, accelerate: Mapping[str, Any] | None, manifest_hash: str) -> None:
     """The resolved training config as params: every ``TrainingConfig`` field after defaults, the curriculum's
     and the ``accelerate`` block, plus the dataset manifest hash."""
-    import dataclasses
 
     import mlflow
 
-    resolved = config.to_dict()
-    resolved["curriculum"] = dataclasses.asdict(config.curriculum_config())
+    resolved = config.model_dump(mode="json", exclude={"accelerate"})
+    resolved["curriculum"] = config.curriculum_settings.model_dump(mode="json")
     if accelerate:
         resolved["accelerate"] = dict(accelerate)
     params = flatten_params("training", resolved)
@@ -161,7 +146,6 @@ def log_training_result(result: Mapping[str, Any], folder: Path, schedule: str) 
     import mlflow
 
     from medloc_core import plots
-    from medloc_core.registry import DEAD_TAIL_STEPS
 
     if result.get("resumed_from"):
         # Steps before the crash went to the crashed run's MLflow run; copy them so this trace is complete.

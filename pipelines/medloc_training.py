@@ -3,7 +3,7 @@
 Run it with ``zenml pipeline run medloc_training`` from the repository root: with no ``-c`` it runs the embedded
 default, ``configs/medloc_training_local.yaml`` (the local CPU recipe, exactly what ``make run`` runs); ``-c`` selects
 another recipe. From Python: ``medloc_training()`` or ``medloc_training.with_options(config_path=...)()``. Each
-argument is a typed block (``medloc_core.config``) that ZenML validates from the YAML config's ``parameters:`` before
+argument is a typed block (``medloc_core.run_config``) that ZenML validates from the YAML config's ``parameters:`` before
 any step runs; an argument left out (``None``) takes that block of the embedded default.
 """
 
@@ -20,15 +20,11 @@ from zenml import Model
 from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
-from medloc_core import config, masking
-from medloc_core.config import (
-    DataConfig,
-    EvaluationConfig,
-    PreprocessingConfig,
-    RegistrationConfig,
-    TrainingParams,
-)
-from medloc_core.tracking import export_medloc_home, medloc_home
+from medloc_core import masking, run_config
+from medloc_core.evaluation import EvaluationConfig
+from medloc_core.paths import export_medloc_home, medloc_home
+from medloc_core.run_config import DataConfig, PreprocessingConfig, RegistrationConfig
+from medloc_core.training.config import TrainingConfig
 from pipelines import run_guard
 from steps.evaluate import evaluate_model
 from steps.ingest import ingest_data
@@ -37,14 +33,13 @@ from steps.preprocess import preprocess_data
 from steps.register import register_model
 from steps.train import train_model
 
-export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
-
 EMBEDDED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "medloc_training_local.yaml"
 
 
 def embedded_parameters(path: Path = EMBEDDED_CONFIG) -> dict[str, dict]:
     """The ``parameters:`` block of the embedded default config, ``${VAR}`` placeholders substituted by ZenML's
     own substitution, exactly as when the same file is passed with ``-c``."""
+    export_medloc_home()  # the one placeholder every config uses: ${MEDLOC_HOME}
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return substitute_env_variable_placeholders(masking.defer(config.get("parameters") or {}))
 
@@ -61,20 +56,21 @@ MODEL = Model(
 
 class MedlocTrainingPipeline(Pipeline):
     """ZenML's pipeline, plus a check of the run config file when one is chosen (``-c``): read, substituted and
-    validated by :func:`medloc_core.config.load_run_config` before ZenML parses it, so a malformed file fails in
+    validated by :func:`medloc_core.run_config.load_run_config` before ZenML parses it, so a malformed file fails in
     one line naming the file and the key instead of a traceback from inside ZenML."""
 
     def with_options(
         self, *args: Any, config_path: str | None = None, **kwargs: Any
     ) -> MedlocTrainingPipeline:
         if config_path is not None:
-            config.load_run_config(config_path)
+            run_config.load_run_config(config_path)  # exports MEDLOC_HOME (absolute) for ZenML's substitution
             config_path = _deferring_secrets(Path(config_path))
         return super().with_options(*args, config_path=config_path, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Before ZenML composes against the active stack: the run lock, the embedded stack (it has the MLflow
         # tracker) and the closing of runs a killed process left open (pipelines/run_guard.py).
+        export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
         run_guard.start_run()
         return super().__call__(*args, **kwargs)
 
@@ -100,20 +96,20 @@ def _deferring_secrets(path: Path) -> str:
 def medloc_training(
     data: DataConfig | None = None,
     preprocessing: PreprocessingConfig | None = None,
-    training: TrainingParams | None = None,
+    training: TrainingConfig | None = None,
     evaluation: EvaluationConfig | None = None,
     registration: RegistrationConfig | None = None,
 ) -> None:
     """Train a grounding VLM with the MedLoc-R1 curriculum and register it behind a promotion gate."""
     embedded = embedded_parameters()
-    data = data or config.parse_block("data", embedded["data"])
-    preprocessing = preprocessing or config.parse_block("preprocessing", embedded["preprocessing"])
-    training = training or config.parse_block("training", embedded["training"])
-    evaluation = evaluation or config.parse_block("evaluation", embedded["evaluation"])
-    registration = registration or config.parse_block("registration", embedded["registration"])
-    config.check_agreement(preprocessing, training)  # still composing the run: no step has started
+    data = data or run_config.parse_block("data", embedded["data"])
+    preprocessing = preprocessing or run_config.parse_block("preprocessing", embedded["preprocessing"])
+    training = training or run_config.parse_block("training", embedded["training"])
+    evaluation = evaluation or run_config.parse_block("evaluation", embedded["evaluation"])
+    registration = registration or run_config.parse_block("registration", embedded["registration"])
+    run_config.check_agreement(preprocessing, training)  # still composing the run: no step has started
     if run_guard.steps_run_here():  # its paths are the steps' paths
-        config.check_data_roots(data)
+        run_config.check_data_roots(data)
     if "tiny_model_dir" not in training.model_fields_set:  # the offline stand-in is built under MEDLOC_HOME
         training = training.model_copy(update={"tiny_model_dir": str(medloc_home() / "models")})
     prepare_experiment()
@@ -149,7 +145,7 @@ medloc_training = MedlocTrainingPipeline(  # what @pipeline(...) builds, with th
 )
 
 #: Errors a user causes and fixes in the config or the environment: printed as one line by the CLI entry.
-USER_ERRORS: tuple[type[BaseException], ...] = (config.ConfigError, run_guard.RunConflict)
+USER_ERRORS: tuple[type[BaseException], ...] = (run_config.ConfigError, run_guard.RunConflict)
 
 
 def install_one_line_errors() -> None:

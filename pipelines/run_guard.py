@@ -8,7 +8,7 @@ and the runs a killed process left behind.
 * **Killed runs are closed.** Holding that lock proves no other local run is live, so every ``medloc_training``
   run of this store still marked unfinished was orphaned by a dead process: its running step and the run
   become ``failed`` in ZenML, its MLflow run ``KILLED`` (tagged with the step), and a registry version it left
-  half-registered is settled (``registry.retire_incomplete_versions``). Each gets a log line.
+  half-registered is settled (``versions.retire_incomplete_versions``). Each gets a log line.
 
 Runs on remote orchestrators (Kubernetes) take no lock and close nothing: their liveness is the cluster's.
 """
@@ -80,7 +80,7 @@ def close_orphaned_runs(client: Any) -> list[str]:
     from zenml.enums import ExecutionStatus
     from zenml.models import PipelineRunUpdate, StepRunUpdate
 
-    from medloc_core import registry
+    from medloc_core.registry import versions
 
     closed = []
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -107,7 +107,7 @@ def close_orphaned_runs(client: Any) -> list[str]:
             ", ".join(mlflow_runs) or "(none)",
         )
         closed.append(run.name)
-    registry.retire_incomplete_versions()
+    versions.retire_incomplete_versions()
     return closed
 
 

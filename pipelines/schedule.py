@@ -2,7 +2,7 @@
 
 ``medloc_training.with_options(config_path=..., schedule=build_schedule("0 3 * * 1"))()``, or a run config with a
 ``schedule:`` block (``configs/medloc_training_k8s.yaml``), which ``zenml pipeline run -c`` reads itself. The cron
-rules are the library's (``medloc_core.scheduling``); this module only builds ZenML's object.
+rules are the library's (``medloc_core.cron``); this module only builds ZenML's object.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 
 from zenml.config.schedule import Schedule
 
-from medloc_core.scheduling import load_run_config, schedule_block, validate_cron
+from medloc_core.cron import load_run_config, schedule_block, validate_cron
 
 
 def build_schedule(cron_expression: str, *, name: str | None = None) -> Schedule:

@@ -9,7 +9,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from medloc_core.config import EvaluationConfig
+from medloc_core.evaluation import EvaluationConfig
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)

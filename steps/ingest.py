@@ -9,7 +9,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from medloc_core.config import DataConfig
+from medloc_core.run_config import DataConfig
 from steps.mlflow_run import pipeline_mlflow_run
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from medloc_core.config import PreprocessingConfig, preprocess_kwargs
+from medloc_core.run_config import PreprocessingConfig, preprocess_kwargs
 from steps.mlflow_run import pipeline_mlflow_run
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from medloc_core.config import RegistrationConfig
+from medloc_core.run_config import RegistrationConfig
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def register_model(
     """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
     import mlflow
 
-    from medloc_core.promotion import register_and_promote
+    from medloc_core.registry.gate import register_and_promote
 
     folder = run_folder("registration")
     run = pipeline_mlflow_run()
@@ -67,7 +67,7 @@ def _link_control_plane(version: int, promoted: bool, reasons: list[str], metric
     ``challenger`` = ``staging``."""
     from zenml import get_step_context
 
-    from medloc_core import registry
+    from medloc_core.registry import versions
 
     model = get_step_context().model
     if model is None:  # the pipeline ran without a ZenML model
@@ -75,7 +75,7 @@ def _link_control_plane(version: int, promoted: bool, reasons: list[str], metric
     headline = {k: float(v) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, int | float)}
     model.log_metadata(
         {
-            "mlflow_registered_model": registry.MODEL_NAME,
+            "mlflow_registered_model": versions.MODEL_NAME,
             "mlflow_version": version,
             "promoted_to_champion": promoted,
             "gate": "; ".join(reasons),

@@ -16,7 +16,8 @@ import pandas as pd
 from zenml import step
 
 from medloc_core import locks, tracking
-from medloc_core.config import FROM_PREPROCESSING, TrainingParams
+from medloc_core.run_config import FROM_PREPROCESSING
+from medloc_core.training.config import TrainingConfig
 from steps.mlflow_run import pipeline_mlflow_run
 
 logger = logging.getLogger(__name__)
@@ -44,21 +45,23 @@ def claimed(folder: Path) -> Iterator[Path]:
 
 @step(experiment_tracker=True)
 def train_model(
-    prepared: pd.DataFrame, manifest: dict, config: TrainingParams
+    prepared: pd.DataFrame, manifest: dict, config: TrainingConfig
 ) -> tuple[
     Annotated[Path, "model_dir"],
     Annotated[str, "base_model"],
     Annotated[dict, "training_summary"],
 ]:
     """Fine-tune the policy with GRPO; log params, the per-step curriculum trace and training plots."""
-    from medloc_core.launch import launch_training
-    from medloc_core.training import resolve_model_path, train
+    from medloc_core.training.config import resolve_model_path
+    from medloc_core.training.launch import launch_training
+    from medloc_core.training.session import train
 
     # The prompts' answer style and the processor's resize bounds are the preprocessing's (the boxes were framed
     # with them); they come from the manifest, never from a second copy of the setting.
-    options = manifest.get("options", manifest)
-    train_config = config.training_config(**{k: options[k] for k in FROM_PREPROCESSING if k in options})
-    resolved = train_config.to_dict()
+    # The step's parameter is already the parsed TrainingConfig (validated once, when ZenML composed the run).
+    options = manifest["options"]
+    train_config = config.model_copy(update={k: options[k] for k in FROM_PREPROCESSING if k in options})
+    resolved = train_config.model_dump(mode="json")
     launch = config.accelerate.model_dump(exclude_defaults=True) if config.accelerate else None
     run = pipeline_mlflow_run()
     tracking.log_training_config(train_config, launch, str(manifest.get("hash", "")))
@@ -67,7 +70,7 @@ def train_model(
             config.accelerate and config.accelerate.num_processes > 1
         ):  # multi-GPU: `accelerate launch` children
             result = launch_training(
-                prepared, resolved, folder, accelerate=launch, mlflow_run_id=run.info.run_id
+                prepared, train_config, folder, accelerate=launch, mlflow_run_id=run.info.run_id
             )
         else:
             outcome = train(prepared, train_config, folder)

@@ -22,7 +22,7 @@ def answering_model_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """The random tiny stand-in (its answers never parse)."""
-    from medloc_core.modeling import ensure_tiny_model
+    from medloc_core.model.standin import ensure_tiny_model
 
     return str(ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny"))
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medloc_core.checkpoints import checkpoint_problem, latest_loadable_checkpoint, rotate
+from medloc_core.training.checkpoints import checkpoint_problem, latest_loadable_checkpoint, rotate
 
 
 def make_checkpoint(folder: Path, step: int) -> Path:
@@ -64,7 +64,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     assert latest_loadable_checkpoint(tmp_path, set_aside=False) == str(tmp_path / "checkpoint-10")
     DAMAGES[damage](tmp_path / "checkpoint-10")
     assert checkpoint_problem(tmp_path / "checkpoint-10") is not None
-    with caplog.at_level(logging.WARNING, logger="medloc_core.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="medloc_core.training.checkpoints"):
         assert latest_loadable_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert "checkpoint-10 cannot be resumed from" in caplog.text
     assert (tmp_path / "damaged-checkpoint-10").is_dir() and not (tmp_path / "checkpoint-10").exists()

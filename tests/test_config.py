@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 
-from medloc_core import config
-from medloc_core.curriculum import CurriculumConfig
-from medloc_core.training import TrainingConfig
+from medloc_core import run_config
+from medloc_core.curriculum.config import CurriculumConfig
+from medloc_core.training.config import TrainingConfig
 
 
 @pytest.mark.parametrize(
@@ -42,44 +40,41 @@ from medloc_core.training import TrainingConfig
     ],
 )
 def test_a_bad_key_or_value_is_named_by_its_path(blocks: dict, named: str) -> None:
-    with pytest.raises(config.ConfigError, match=named.replace(".", r"\.")):
-        config.validate_parameters(**blocks)
+    with pytest.raises(run_config.ConfigError, match=named.replace(".", r"\.")):
+        run_config.validate_parameters(**blocks)
 
 
-def test_training_defaults_have_one_home() -> None:
-    params = config.TrainingParams()
-    built = params.training_config()
-    for f in dataclasses.fields(TrainingConfig):
-        assert getattr(built, f.name) == getattr(TrainingConfig(), f.name), f.name
-    curriculum = config.CurriculumParams()
-    for f in dataclasses.fields(CurriculumConfig):
-        assert getattr(curriculum, f.name) == getattr(CurriculumConfig(), f.name), f.name
+def test_the_training_block_is_the_training_config() -> None:
+    parsed = run_config.validate_parameters(training={"curriculum": {"window": 10}})
+    assert type(parsed["training"]) is TrainingConfig  # the object that runs, not a copy of its fields
+    assert type(parsed["training"].curriculum) is CurriculumConfig
+    assert parsed["training"].curriculum.window == 10
+    assert parsed["training"].curriculum.tau0 == CurriculumConfig().tau0
 
 
 def test_yaml_numbers_are_read_as_numbers_and_survive_a_round_trip() -> None:
     raw = yaml.safe_load("learning_rate: 1e-6\ncurriculum: {tau0: 0.2, window: 10}\n")
     assert raw["learning_rate"] == "1e-6"  # PyYAML reads this as a string
-    params = config.TrainingParams.model_validate(raw)
-    assert params.training_config().learning_rate == 1e-6
-    # ZenML hands a step the block as a full dump; the curriculum still carries only what was changed
-    again = config.TrainingParams.model_validate(params.model_dump())
-    assert again.training_config().curriculum == {"tau0": 0.2, "window": 10}
-    assert again.training_config().curriculum_config().window == 10
+    config = TrainingConfig.model_validate(raw)
+    assert config.learning_rate == 1e-6
+    # ZenML hands a step the block as a full JSON dump, as `accelerate launch` children read it
+    again = TrainingConfig.model_validate_json(config.model_dump_json())
+    assert again == config and again.curriculum.window == 10
 
 
 def test_an_empty_curriculum_block_is_no_block_for_any_schedule() -> None:
-    params = config.TrainingParams.model_validate({"schedule": "fixed", "curriculum": {}})
-    assert params.training_config().curriculum == {}
+    config = TrainingConfig.model_validate({"schedule": "fixed", "curriculum": {}})
+    assert TrainingConfig.model_validate(config.model_dump()).schedule == "fixed"  # its full dump too
 
 
 def test_settings_shared_with_the_preprocessing_must_agree() -> None:
-    parsed = config.validate_parameters(
+    parsed = run_config.validate_parameters(
         preprocessing={"answer_style": "answer", "max_pixels": 12544, "min_pixels": 3136},
         training={"answer_style": "answer"},  # stating the same value is allowed
     )
     assert parsed["training"].answer_style == "answer"
-    with pytest.raises(config.ConfigError, match=r"training\.max_pixels: .* differs from preprocessing"):
-        config.validate_parameters(
+    with pytest.raises(run_config.ConfigError, match=r"training\.max_pixels: .* differs from preprocessing"):
+        run_config.validate_parameters(
             preprocessing={"max_pixels": 12544, "min_pixels": 3136},
             training={"max_pixels": 50176, "min_pixels": 3136},
         )
@@ -95,7 +90,7 @@ def test_preprocessing_block_is_preprocess_signature() -> None:
         for name, p in inspect.signature(preprocess).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
-    assert config.preprocess_kwargs(config.PreprocessingConfig()) == {
+    assert run_config.preprocess_kwargs(run_config.PreprocessingConfig()) == {
         k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()
     }
 
@@ -105,5 +100,5 @@ def test_every_shipped_recipe_parses() -> None:
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         blocks = yaml.safe_load(path.read_text())["parameters"]
-        parsed = config.validate_parameters(**blocks)
-        assert set(parsed) == set(config.BLOCKS), path
+        parsed = run_config.validate_parameters(**blocks)
+        assert set(parsed) == set(run_config.BLOCKS), path

@@ -8,20 +8,21 @@ import types
 import pytest
 import torch
 
-from medloc_core import modeling
-from medloc_core.cpu_kernels import compact_log_probs, linear_patch_embed
+from medloc_core.model import loading
+from medloc_core.model.cpu_kernels import compact_log_probs, linear_patch_embed
+from medloc_core.model.standin import ensure_tiny_model
 
 
 @pytest.fixture(scope="module")
 def grounder_dir(tmp_path_factory) -> str:
-    return str(modeling.ensure_tiny_model(tmp_path_factory.mktemp("grounder"), size="grounder"))
+    return str(ensure_tiny_model(tmp_path_factory.mktemp("grounder"), size="grounder"))
 
 
 def _batch(model_dir: str, n: int = 3):
     from PIL import Image
 
-    processor = modeling.load_processor(model_dir)
-    modeling.set_pixel_bounds(processor, 56 * 56, 112 * 112)
+    processor = loading.load_processor(model_dir)
+    loading.set_pixel_bounds(processor, 56 * 56, 112 * 112)
     rng = torch.Generator().manual_seed(0)
     images = [
         Image.fromarray((torch.rand(84, 112, 3, generator=rng) * 255).to(torch.uint8).numpy())
@@ -39,7 +40,7 @@ def _batch(model_dir: str, n: int = 3):
 
 
 def test_linear_patch_embed_matches_the_convolution(grounder_dir):
-    model = modeling.load_model(grounder_dir, dtype="float32")  # load_model applies the rewrite
+    model = loading.load_model(grounder_dir, dtype="float32")  # load_model applies the rewrite
     embeds = [m for m in model.modules() if type(m).__name__ == "Qwen2_5_VisionPatchEmbed"]
     assert embeds and all("_patch_embed_forward" in m.forward.__func__.__name__ for m in embeds)
     embed = embeds[0]
@@ -59,7 +60,7 @@ def test_compact_lm_head_matches_trls_fused_head(grounder_dir):
     inputs, labels = _batch(grounder_dir)
     outs, grads = [], []
     for compact in (False, True):
-        model = modeling.load_model(grounder_dir, dtype="float32")
+        model = loading.load_model(grounder_dir, dtype="float32")
         add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
         if compact:
             assert compact_log_probs(model, 0.7)
@@ -80,7 +81,7 @@ def test_compact_lm_head_keeps_generation_and_skips_scaled_heads(grounder_dir):
     from trl.trainer.utils import add_fused_lm_head
 
     inputs, _ = _batch(grounder_dir, n=1)
-    model = modeling.load_model(grounder_dir, dtype="float32")
+    model = loading.load_model(grounder_dir, dtype="float32")
     add_fused_lm_head(model, temperature=1.0)
     before = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert compact_log_probs(model, 1.0)
@@ -94,8 +95,8 @@ def _left_padded_prompts(model_dir: str, keep: int):
     """Two prompts of different lengths, left-padded as TRL pads them, each followed by ``keep`` token slots."""
     from PIL import Image
 
-    processor = modeling.load_processor(model_dir)
-    modeling.set_pixel_bounds(processor, 56 * 56, 112 * 112)
+    processor = loading.load_processor(model_dir)
+    loading.set_pixel_bounds(processor, 56 * 56, 112 * 112)
     texts = []
     for query in ("Find the lesion.", "Find the lesion in this dermoscopy image, please."):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
@@ -135,7 +136,7 @@ def test_shared_prefix_matches_the_full_forward(grounder_dir, left_padded):
     }
     results = []
     for shared in (False, True):
-        model = modeling.load_model(grounder_dir, dtype="float32")
+        model = loading.load_model(grounder_dir, dtype="float32")
         model.train()
         add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
         if shared:
@@ -173,7 +174,7 @@ def test_shared_prefix_generate_matches_generate(grounder_dir, do_sample):
     from medloc_core.training.shared_prefix import shared_prefix_generate
 
     inputs, _ = _batch(grounder_dir, n=2)
-    processor = modeling.load_processor(grounder_dir)
+    processor = loading.load_processor(grounder_dir)
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Find the lesion."}]}
     ]
@@ -183,7 +184,7 @@ def test_shared_prefix_generate_matches_generate(grounder_dir, do_sample):
     images = [Image.new("RGB", (112, 84), c) for c in ("red", "blue")]
     order = [0, 1, 1, 0, 0, 1]
     enc = processor(text=[prompt] * 6, images=[[images[i]] for i in order], padding=True, return_tensors="pt")
-    model = modeling.load_model(grounder_dir, dtype="float32")
+    model = loading.load_model(grounder_dir, dtype="float32")
     config = GenerationConfig(
         max_new_tokens=8, do_sample=do_sample, temperature=0.7, top_p=0.7, top_k=0,
         pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=[processor.tokenizer.eos_token_id],
@@ -240,8 +241,8 @@ def test_processor_processes_each_distinct_prompt_once(grounder_dir):
     per image), while the image processor sees only the distinct images."""
     from PIL import Image
 
-    processor = modeling.load_processor(grounder_dir)
-    modeling.set_pixel_bounds(processor, 56 * 56, 112 * 112)
+    processor = loading.load_processor(grounder_dir)
+    loading.set_pixel_bounds(processor, 56 * 56, 112 * 112)
     images = [Image.new("RGB", (112, 84), c) for c in ("red", "blue")] + [Image.new("RGB", (84, 112), "red")]
     texts = [
         "<|vision_start|><|image_pad|><|vision_end|>a",
@@ -289,7 +290,7 @@ def test_shared_prefix_generate_left_padded_prompts(grounder_dir):
     batch["pixel_values"] = torch.cat(
         [enc["pixel_values"][i * rows : (i + 1) * rows] for i in order.tolist()]
     )
-    model = modeling.load_model(grounder_dir, dtype="float32")
+    model = loading.load_model(grounder_dir, dtype="float32")
     config = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=[1])
     ours = shared_prefix_generate(model, generation_config=config, **batch)
     assert ours is not None and torch.equal(ours, model.generate(**batch, generation_config=config))

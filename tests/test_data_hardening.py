@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medloc_core.data import QuarantineLimitExceeded, read_dataset
+from medloc_core.data.ingest import read_dataset
+from medloc_core.data.records import QuarantineLimitExceeded
 from medloc_core.images import load_rgb
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from medloc_core.cli import main
-from medloc_core.data import QUARANTINE_COLUMNS, QuarantineLimitExceeded, ingest, read_dataset
+from medloc_core.data.ingest import ingest, read_dataset
+from medloc_core.data.records import QUARANTINE_COLUMNS, QuarantineLimitExceeded
 
 
 def rgb(path: Path, w: int = 40, h: int = 30) -> Path:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medloc_core.data import RECORD_COLUMNS, read_dataset
+from medloc_core.data.ingest import read_dataset
 from medloc_core.data.masks import mask_boxes
+from medloc_core.data.records import RECORD_COLUMNS
 
 
 def rgb(path: Path, w: int = 40, h: int = 30) -> Path:

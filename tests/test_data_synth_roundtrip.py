@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medloc_core.data import Difficulty, generate, read_dataset
-from medloc_core.data.synth import TRUTH_FILE, image_size
-from medloc_core.data.synth_render import render_dermoscopy
+from medloc_core.data.ingest import read_dataset
+from medloc_core.data.synth import TRUTH_FILE, generate, image_size
+from medloc_core.data.synth_render import Difficulty, render_dermoscopy
 
 
 def _boxes(records):

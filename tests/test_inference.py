@@ -27,9 +27,10 @@ def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 def build_answering_model(cache_dir) -> str:
     """Tiny model trained (SFT, ~10 s on CPU) to always answer ``ANSWER_BOX``; cached on disk."""
-    from medloc_core.modeling import ensure_tiny_model, load_model, load_processor
+    from medloc_core.model.loading import load_model, load_processor
+    from medloc_core.model.standin import ensure_tiny_model
     from medloc_core.prompts import build_prompt_text, chat_messages, target_completion
-    from medloc_core.sft import SFTExample, sft_warmup
+    from medloc_core.training.sft import SFTExample, sft_warmup
 
     out = cache_dir / "answering-model"
     if (out / "config.json").is_file():
@@ -51,7 +52,7 @@ def build_answering_model(cache_dir) -> str:
 
 @pytest.fixture(scope="module")
 def predictor(answering_model_dir):
-    from medloc_core.inference import BoxPredictor
+    from medloc_core.model.inference import BoxPredictor
 
     return BoxPredictor(answering_model_dir, max_new_tokens=40)
 
@@ -87,7 +88,7 @@ def test_batching_does_not_change_greedy_answers(predictor):
 
 
 def test_unparseable_answer_gives_none(tiny_model_dir):
-    from medloc_core.inference import BoxPredictor
+    from medloc_core.model.inference import BoxPredictor
 
     # the untrained tiny model answers with noise, never a box
     res = BoxPredictor(tiny_model_dir, max_new_tokens=8).predict([random_image(60, 60)], [_prompt()])[0]

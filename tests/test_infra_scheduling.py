@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from medloc_core.cli import main as medloc
-from medloc_core.scheduling import (
+from medloc_core.cron import (
     cron_line,
     run_and_report,
     schedule_block,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medloc_core import mlae
+from medloc_core.model import mlae
 
 
 class Toy(nn.Module):
@@ -156,17 +156,17 @@ def test_errors() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from medloc_core import modeling
+    from medloc_core.model.standin import build_tiny_qwen25vl
 
-    return modeling.build_tiny_qwen25vl(tmp_path_factory.mktemp("mlae-tiny") / "model")
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("mlae-tiny") / "model")
 
 
 def test_rollouts_come_from_the_deterministic_policy(tiny_dir) -> None:
     """GRPO rollouts (``generate``, no grad) draw no expert mask even in training mode; the training forward
     (grad enabled) does, once per MLAE layer and forward."""
-    from medloc_core import modeling
+    from medloc_core.model import loading
 
-    model = modeling.load_model(tiny_dir, dtype="float32")
+    model = loading.load_model(tiny_dir, dtype="float32")
     names = mlae.apply_mlae(model, ["q_proj", "v_proj"], r=4, lora_alpha=1.0, drop_rate=0.5, dropout=0.3)
     layers = list(mlae.mlae_modules(model).values())
     with torch.no_grad():

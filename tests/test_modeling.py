@@ -12,12 +12,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from medloc_core import modeling, prompts  # noqa: E402
+from medloc_core import prompts  # noqa: E402
+from medloc_core.model import loading
+from medloc_core.model.standin import (
+    NUMBER_TOKEN_MAX,
+    TINY_SIZES,
+    build_tiny_qwen25vl,
+    build_tiny_tokenizer,
+    ensure_tiny_model,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return modeling.build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny") / "model")
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _hashes(folder):
@@ -25,10 +33,10 @@ def _hashes(folder):
 
 
 def test_build_is_deterministic_and_small(tiny, tmp_path) -> None:
-    again = modeling.build_tiny_qwen25vl(tmp_path / "again")
+    again = build_tiny_qwen25vl(tmp_path / "again")
     assert _hashes(again) == _hashes(tiny)
     assert (tiny / "model.safetensors").stat().st_size < 1_000_000
-    other_seed = modeling.build_tiny_qwen25vl(tmp_path / "seed1", seed=1)
+    other_seed = build_tiny_qwen25vl(tmp_path / "seed1", seed=1)
     assert _hashes(other_seed)["model.safetensors"] != _hashes(tiny)["model.safetensors"]
 
 
@@ -39,10 +47,10 @@ def test_reloads_offline_with_automodel_and_processor(tiny) -> None:
     assert isinstance(model, Qwen2_5_VLForConditionalGeneration)
     n_params = sum(p.numel() for p in model.parameters())
     assert 150_000 < n_params < 250_000
-    proc = modeling.load_processor(tiny)
+    proc = loading.load_processor(tiny)
     tok = proc.tokenizer
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.padding_side == "left"
-    ids = {t: tok.convert_tokens_to_ids(t) for t in modeling.QWEN_SPECIAL_TOKENS}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in loading.QWEN_SPECIAL_TOKENS}
     assert list(ids.values()) == list(range(14))
     assert model.config.image_token_id == ids["<|image_pad|>"]
     assert model.config.vision_start_token_id == ids["<|vision_start|>"]
@@ -65,8 +73,8 @@ def test_reloads_offline_with_automodel_and_processor(tiny) -> None:
 
 
 def test_processor_expands_image_tokens_and_model_runs(tiny) -> None:
-    proc = modeling.load_processor(tiny)
-    model = modeling.load_model(tiny, dtype="float32")
+    proc = loading.load_processor(tiny)
+    model = loading.load_model(tiny, dtype="float32")
     msgs = prompts.chat_messages(prompts.build_prompt_text("Locate the lesion."))
     text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
@@ -89,42 +97,42 @@ def test_load_processor_guards_bare_tokenizer(tiny, monkeypatch) -> None:
 
     bare = AutoTokenizer.from_pretrained(tiny)
     monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *a, **k: bare)
-    proc = modeling.load_processor(tiny)
+    proc = loading.load_processor(tiny)
     assert isinstance(proc, ProcessorMixin) and proc.image_processor is not None
 
 
 def test_load_processor_error_names_the_folder(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
-        modeling.load_processor(tmp_path / "empty")
+        loading.load_processor(tmp_path / "empty")
 
 
 def test_load_model_dtype(tiny) -> None:
-    model = modeling.load_model(tiny, dtype="bfloat16")
+    model = loading.load_model(tiny, dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
     assert not model.training
     with pytest.raises(ValueError, match="dtype"):
-        modeling.load_model(tiny, dtype="int8")
+        loading.load_model(tiny, dtype="int8")
 
 
 def test_ensure_tiny_model_builds_once(tmp_path) -> None:
-    first = modeling.ensure_tiny_model(tmp_path)
+    first = ensure_tiny_model(tmp_path)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    second = modeling.ensure_tiny_model(tmp_path)
+    second = ensure_tiny_model(tmp_path)
     assert second == first and (second / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
 
 
 def test_build_rejects_bad_arguments(tmp_path) -> None:
     with pytest.raises(ValueError, match="size"):
-        modeling.build_tiny_qwen25vl(tmp_path, size="huge")
+        build_tiny_qwen25vl(tmp_path, size="huge")
     with pytest.raises(ValueError, match="min_pixels"):
-        modeling.build_tiny_qwen25vl(tmp_path, min_pixels=100, max_pixels=10)
+        build_tiny_qwen25vl(tmp_path, min_pixels=100, max_pixels=10)
 
 
 @pytest.fixture(scope="module")
 def grounder(tmp_path_factory):
-    return modeling.build_tiny_qwen25vl(tmp_path_factory.mktemp("grounder") / "model", size="grounder")
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("grounder") / "model", size="grounder")
 
 
 def test_grounder_writes_each_coordinate_as_one_token(grounder) -> None:
@@ -134,7 +142,7 @@ def test_grounder_writes_each_coordinate_as_one_token(grounder) -> None:
 
     tok = AutoTokenizer.from_pretrained(grounder)
     assert type(tok).__name__ != "Qwen2Tokenizer"  # would rebuild the pre-tokenizer and split the digits
-    for n in range(modeling.NUMBER_TOKEN_MAX + 1):
+    for n in range(NUMBER_TOKEN_MAX + 1):
         assert tok.tokenize(f" {n}")[-1] == str(n), n
     target = prompts.target_completion((7, 30, 111, 84), "skin lesion", answer_style="answer")
     tokens = tok.tokenize(target)
@@ -143,7 +151,7 @@ def test_grounder_writes_each_coordinate_as_one_token(grounder) -> None:
     assert tok.decode(tok(target)["input_ids"]) == target  # round trip, so parse_box sees the real text
     assert tuple(parse_box(tok.decode(tok(target)["input_ids"]))) == (7, 30, 111, 84)
     # the plumbing model keeps Qwen's one token per digit
-    tiny_tok = modeling.build_tiny_tokenizer(0)
+    tiny_tok = build_tiny_tokenizer(0)
     assert tiny_tok.tokenize(" 111")[-3:] == ["1", "1", "1"]
 
 
@@ -159,4 +167,4 @@ def test_grounder_rope_lets_the_language_model_see_image_columns(grounder) -> No
     t, h, w = rope["mrope_section"]
     assert t + h + w == head_dim // 2
     assert max(inv_freq[t + h :]) * 3 > 0.3  # across one row of 4 visual tokens, the width phase moves
-    assert rope["rope_theta"] == modeling.TINY_SIZES["grounder"]["rope_theta"]
+    assert rope["rope_theta"] == TINY_SIZES["grounder"]["rope_theta"]

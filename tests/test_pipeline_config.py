@@ -15,7 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESOLVE = """
 import json, yaml
 from zenml.utils.env_utils import substitute_env_variable_placeholders
+import os
 import medloc_training  # what `zenml pipeline run medloc_training` imports before it reads -c CONFIG
+assert "MEDLOC_HOME" not in os.environ  # importing the pipeline has no side effects
+medloc_training.with_options(config_path={config!r})  # what the CLI calls with -c, before it substitutes
 config = yaml.safe_load(open({config!r}))
 print(json.dumps(substitute_env_variable_placeholders(config)["parameters"]["data"]["sources"][0]["root"]))
 """
@@ -41,8 +44,10 @@ import json, yaml
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 import medloc_training
 from pipelines.medloc_training import embedded_parameters
+bare = embedded_parameters()  # what the bare command composes with
+medloc_training.with_options(config_path={config!r})  # what the CLI calls with -c, before it substitutes
 with_c = substitute_env_variable_placeholders(yaml.safe_load(open({config!r})))["parameters"]
-print(json.dumps({{"bare": embedded_parameters(), "with_c": with_c}}))
+print(json.dumps({{"bare": bare, "with_c": with_c}}))
 """
 
 

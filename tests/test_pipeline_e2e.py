@@ -188,7 +188,7 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
     assert version.description.startswith("Promotion gate: ")
     # the evaluation metrics are metrics of the MLflow 3 logged model, not string tags on the version
-    from medloc_core.registry import logged_model_id
+    from medloc_core.registry.versions import logged_model_id
 
     assert not any(key.startswith(("eval/", "base/")) for key in version.tags), version.tags
     logged = {m.key for m in client.get_logged_model(logged_model_id(version)).metrics}
@@ -294,7 +294,7 @@ CONFIG_ERRORS = {
 def test_a_config_file_is_checked_whole_before_zenml_reads_it(tmp_path: Path, case: str) -> None:
     """What ``-c FILE`` passes through first (``config.load_run_config``): one line naming the file and key.
     (The data root needs the active stack, so only the CLI test below covers it.)"""
-    from medloc_core.config import ConfigError, load_run_config
+    from medloc_core.run_config import ConfigError, load_run_config
 
     edit, named = CONFIG_ERRORS[case]
     path = tmp_path / "bad.yaml"

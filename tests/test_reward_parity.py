@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from medloc_core.boxes import iou, parse_box
-from medloc_core.curriculum import FixedSchedule, VTriuneSchedule
-from medloc_core.rewards import (
+from medloc_core.curriculum.baselines import FixedSchedule, VTriuneSchedule
+from medloc_core.rewards.grounding import (
     DEFAULT_REWARD_PARSER,
     make_format_reward,
     make_iou_threshold_reward,

@@ -12,28 +12,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from medloc_core.curriculum import (
-    CurriculumConfig,
-    CurriculumScheduler,
-    FixedSchedule,
-    PerDatasetSchedule,
-    RawIoUSchedule,
-    VTriuneSchedule,
-)
-from medloc_core.rewards import (
-    RewardTracker,
+from medloc_core.curriculum import PerDatasetSchedule
+from medloc_core.curriculum.baselines import FixedSchedule, RawIoUSchedule, VTriuneSchedule
+from medloc_core.curriculum.config import CurriculumConfig
+from medloc_core.curriculum.scheduler import CurriculumScheduler
+from medloc_core.rewards.grounding import (
     completion_text,
-    fit_medgrpo_stats,
     format_reward,
     make_format_reward,
-    make_iou_shaped_reward,
     make_iou_threshold_reward,
-    make_medgrpo_normalized_reward,
     make_raw_iou_reward,
     make_reward_for_schedule,
     make_vtriune_reward,
-    medgrpo_normalize,
 )
+from medloc_core.rewards.medgrpo import fit_medgrpo_stats, make_medgrpo_normalized_reward, medgrpo_normalize
+from medloc_core.rewards.tracker import RewardTracker
 
 GT = [10.0, 10.0, 30.0, 30.0]  # 20 x 20 box, input-frame pixels
 
@@ -154,7 +147,6 @@ def test_reward_names_are_meaningful():
     assert make_iou_threshold_reward(schedule).__name__ == "iou_accuracy_reward"
     assert make_raw_iou_reward().__name__ == "raw_iou_reward"
     assert make_vtriune_reward(VTriuneSchedule(10)).__name__ == "vtriune_iou_reward"
-    assert make_iou_shaped_reward(schedule).__name__ == "iou_shaped_reward"
     assert make_format_reward(name="strict_format").__name__ == "strict_format"
     med = make_medgrpo_normalized_reward(make_raw_iou_reward(), {"a": (0.1, 0.2, 0.3)})
     assert med.__name__ == "medgrpo_raw_iou_reward"
@@ -220,18 +212,6 @@ def test_vtriune_reward_is_thresholded_continuous():
         schedule.observe([0.5])
     assert schedule.threshold == 0.65
     assert trl_call(make_vtriune_reward(schedule), TEXTS) == pytest.approx([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-
-
-def test_shaped_reward_grades():
-    reward = make_iou_shaped_reward(FixedSchedule(0.5))
-    # IoUs 1.0, 0.5, 1/3 (gap 0.1667 -> grade 2), 0 (no overlap), failures
-    assert trl_call(reward, TEXTS) == pytest.approx([1.0, 1.0, 0.25, 0.0, 0.0, 0.0])
-    texts = [answer([10, 10, 30, 29])]  # IoU 0.95: gap 0.05 below tau 1.0 -> grade 1
-    assert trl_call(make_iou_shaped_reward(FixedSchedule(1.0)), texts) == [0.5]
-    texts = [answer([10, 10, 30, 22])]  # IoU 0.6: gap exactly 0.1 below tau 0.7 -> grade 1
-    assert trl_call(make_iou_shaped_reward(FixedSchedule(0.7)), texts) == [0.5]
-    with pytest.raises(ValueError, match="band"):
-        make_iou_shaped_reward(FixedSchedule(0.5), band=0)
 
 
 def test_raw_iou_schedule_rejected_by_threshold_reward():
@@ -344,7 +324,7 @@ def test_medgrpo_wrapper_maps_each_sample_through_its_dataset():
 
 def test_import_is_light():
     code = (
-        "import sys, medloc_core.rewards, medloc_core.curriculum, medloc_core.boxes;"
+        "import sys, medloc_core.rewards.grounding, medloc_core.curriculum.scheduler, medloc_core.boxes;"
         "bad = [m for m in ('torch', 'transformers', 'trl', 'zenml', 'mlflow') if m in sys.modules];"
         "print(','.join(bad))"
     )

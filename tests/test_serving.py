@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medloc_core import registry
+from medloc_core.registry import versions
+from medloc_core.registry.serving import encode_image
 
 try:
     from mlflow_server import free_port
@@ -71,10 +72,10 @@ def served(request, mlflow_server_uri, tiny_model_dir, tmp_path, monkeypatch):  
     mlflow.set_tracking_uri(mlflow_server_uri)
     client = MlflowClient(tracking_uri=mlflow_server_uri, registry_uri=mlflow_server_uri)
     try:
-        client.delete_registered_model(registry.MODEL_NAME)
+        client.delete_registered_model(versions.MODEL_NAME)
     except mlflow.exceptions.MlflowException:
         pass
-    version = registry.log_and_register(
+    version = versions.log_and_register(
         tiny_model_dir, {"eval/A@0.5": 1.0}, eval_set_hash="serve", max_new_tokens=16
     )
     if mlflow.active_run() is not None:
@@ -86,7 +87,7 @@ def served(request, mlflow_server_uri, tiny_model_dir, tmp_path, monkeypatch):  
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server_uri, "PATH": path}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{registry.MODEL_NAME}/{version}",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{versions.MODEL_NAME}/{version}",
          "-p", str(port), "-h", "127.0.0.1", "--env-manager", manager, "-w", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
     )  # fmt: skip
@@ -114,7 +115,7 @@ def served(request, mlflow_server_uri, tiny_model_dir, tmp_path, monkeypatch):  
 
 
 def _b64(image) -> str:
-    return registry.encode_image(image)
+    return encode_image(image)
 
 
 @pytest.mark.slow
@@ -175,22 +176,22 @@ def test_model_is_logged_from_code_not_pickled(mlflow_server_uri, tiny_model_dir
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_uri)
     mlflow.set_tracking_uri(mlflow_server_uri)
-    version = registry.log_and_register(
+    version = versions.log_and_register(
         tiny_model_dir, {"eval/A@0.5": 1.0}, eval_set_hash="code", max_new_tokens=8
     )
     if mlflow.active_run() is not None:
         mlflow.end_run()
     local = Path(
         mlflow.artifacts.download_artifacts(
-            f"models:/{registry.MODEL_NAME}/{version}", dst_path=str(tmp_path)
+            f"models:/{versions.MODEL_NAME}/{version}", dst_path=str(tmp_path)
         )
     )
     assert not list(local.rglob("*.pkl"))  # nothing that runs code on unpickling
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert mlmodel["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models-from-code
-    assert (local / "serving_model.py").is_file()
+    assert (local / "served_model.py").is_file()
     assert mlmodel["config"] == {"answer_style": "think", "max_new_tokens": 8}
-    assert (local / "code" / "medloc_core" / "registry.py").is_file()  # the package travels with the model
+    assert (local / "code" / "medloc_core" / "registry" / "versions.py").is_file()  # the package travels with the model
     assert (local / "input_example.json").is_file() or (local / "serving_input_example.json").is_file()
     requirements = (local / "requirements.txt").read_text()
     assert "mlflow==" in requirements and "torch==" in requirements

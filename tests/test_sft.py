@@ -8,7 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from medloc_core import modeling, sft, training  # noqa: E402
+from medloc_core.model import loading
+from medloc_core.model.standin import build_tiny_qwen25vl
+from medloc_core.training import sft
+from medloc_core.training.rows import build_examples, train_rows
+from medloc_core.training.warmup import greedy_hit_rate
 
 try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
     from test_inference import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, random_image
@@ -21,11 +25,11 @@ except ModuleNotFoundError:  # tests/ as a package
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    base = modeling.build_tiny_qwen25vl(root / "model")
-    processor = modeling.load_processor(str(base))
-    rows = training.train_rows(make_prepared(root / "data", n=10))
+    base = build_tiny_qwen25vl(root / "model")
+    processor = loading.load_processor(str(base))
+    rows = train_rows(make_prepared(root / "data", n=10))
     examples = [
-        sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in training.build_examples(rows, "think")
+        sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in build_examples(rows, "think")
     ]
     return base, processor, examples
 
@@ -39,7 +43,7 @@ def setup(tmp_path_factory):
 )
 def test_early_stop_on_the_check(setup, scores, stop_at, steps_run, stopped) -> None:
     base, processor, examples = setup
-    model = modeling.load_model(str(base), dtype="float32")
+    model = loading.load_model(str(base), dtype="float32")
     seen: list[int] = []
 
     def check(step: int) -> float:
@@ -67,8 +71,8 @@ def test_greedy_hit_rate_scores_parsed_boxes(answering_model_dir) -> None:  # no
     """The answering model always says ANSWER_BOX: a hit where the truth is that box (or overlaps it enough)."""
     from medloc_core.prompts import build_prompt_text, chat_messages
 
-    model = modeling.load_model(answering_model_dir, dtype="float32")
-    processor = modeling.load_processor(answering_model_dir)
+    model = loading.load_model(answering_model_dir, dtype="float32")
+    processor = loading.load_processor(answering_model_dir)
     messages = chat_messages(build_prompt_text(QUERY, answer_style=ANSWER_STYLE))
     x1, y1, x2, y2 = ANSWER_BOX
     truths = [ANSWER_BOX, (x1, y1, x2 + 28.0, y2), (60.0, 60.0, 90.0, 80.0)]  # IoU 1, 0.5, 0
@@ -76,7 +80,7 @@ def test_greedy_hit_rate_scores_parsed_boxes(answering_model_dir) -> None:  # no
         {"prompt": messages, "image": random_image(h, w, seed=i), "bbox": list(t)}
         for i, ((h, w), t) in enumerate(zip(IMAGE_SIZES, truths))
     ]
-    hit = training.greedy_hit_rate
+    hit = greedy_hit_rate
     assert hit(model, processor, examples, iou=0.5, max_new_tokens=40) == pytest.approx(2 / 3)
     assert hit(model, processor, examples, iou=0.6, max_new_tokens=40) == pytest.approx(1 / 3)
     assert hit(model, processor, examples, iou=0.5, max_new_tokens=4) == 0.0  # truncated: nothing parses

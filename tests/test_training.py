@@ -16,7 +16,9 @@ import yaml  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 from medloc_core import prompts  # noqa: E402
-from medloc_core.training import TrainingConfig, build_grpo_config, check_frames, train_rows  # noqa: E402
+from medloc_core.training.config import TrainingConfig
+from medloc_core.training.rows import check_frames, train_rows
+from medloc_core.training.trainer import build_grpo_config
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_METRICS = {
@@ -92,7 +94,7 @@ def _cfg(**kw) -> TrainingConfig:
         use_cpu=True, progress=False, beta=0.0, save_steps=0, learning_rate=3e-4, max_completion_length=48
     )
     base.update(kw)
-    return TrainingConfig.from_dict(base)
+    return TrainingConfig.model_validate(base)
 
 
 def _training_section(name: str) -> dict:
@@ -103,35 +105,35 @@ def _training_section(name: str) -> dict:
 
 
 def test_config_rejects_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(ValueError, match="unknown key.*'bogus'"):
-        TrainingConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="bogus\n  Extra inputs are not permitted"):
+        TrainingConfig.model_validate({"bogus": 1})
     with pytest.raises(ValueError, match="multiple of num_generations"):
-        TrainingConfig.from_dict({"num_generations": 4, "per_device_train_batch_size": 6})
+        TrainingConfig.model_validate({"num_generations": 4, "per_device_train_batch_size": 6})
     with pytest.raises(ValueError, match="schedule"):
-        TrainingConfig.from_dict({"schedule": "cosine"})
+        TrainingConfig.model_validate({"schedule": "cosine"})
     with pytest.raises(ValueError, match="only applies to schedule 'medloc'"):
-        TrainingConfig.from_dict({"schedule": "fixed", "curriculum": {"window": 5}})
+        TrainingConfig.model_validate({"schedule": "fixed", "curriculum": {"window": 5}})
     with pytest.raises(ValueError, match="learning_rate"):
-        TrainingConfig.from_dict({"learning_rate": "fast"})
-    with pytest.raises(ValueError, match="unknown field"):
-        TrainingConfig.from_dict({"curriculum": {"windw": 3}}).curriculum_config()
+        TrainingConfig.model_validate({"learning_rate": "fast"})
+    with pytest.raises(ValueError, match="curriculum.windw"):
+        TrainingConfig.model_validate({"curriculum": {"windw": 3}})
     with pytest.raises(ValueError, match="target_modules"):
-        TrainingConfig.from_dict({"target_modules": []})
+        TrainingConfig.model_validate({"target_modules": []})
     assert TrainingConfig(target_modules=r".*\.q_proj").target_modules_arg == r".*\.q_proj"
     with pytest.raises(ValueError, match="torch_threads"):
         TrainingConfig(torch_threads=0)
-    cfg = TrainingConfig.from_dict({"learning_rate": "1e-6", "max_steps": 10.0})
+    cfg = TrainingConfig.model_validate({"learning_rate": "1e-6", "max_steps": 10.0})
     assert cfg.learning_rate == 1e-6 and cfg.max_steps == 10 and isinstance(cfg.max_steps, int)
     assert TrainingConfig().beta == 0.04  # VLM-R1's value (A7), not the digest's 0.4
 
 
 def test_repo_configs_load() -> None:
-    gpu = TrainingConfig.from_dict(_training_section("medloc_training_gpu.yaml"))
+    gpu = TrainingConfig.model_validate(_training_section("medloc_training_gpu.yaml"))
     assert gpu.model_name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert (gpu.num_generations, gpu.temperature, gpu.learning_rate, gpu.beta) == (8, 0.9, 1e-6, 0.04)
     assert gpu.bf16 and gpu.gradient_checkpointing and not gpu.use_cpu
-    assert gpu.curriculum_config().tau0 == 0.3
-    local = TrainingConfig.from_dict(_training_section("medloc_training_local.yaml"))
+    assert gpu.curriculum_settings.tau0 == 0.3
+    local = TrainingConfig.model_validate(_training_section("medloc_training_local.yaml"))
     assert local.model_name_or_path == "tiny-grounder" and local.is_tiny and local.use_cpu
     assert local.sft_warmup_steps > 0 and local.sft_stop_hit_rate is not None
     assert local.per_device_train_batch_size % local.num_generations == 0
@@ -161,9 +163,10 @@ def test_train_rows_errors_name_the_record(tmp_path) -> None:
 
 
 def test_frames_must_match_the_processor(tmp_path) -> None:
-    from medloc_core import modeling
+    from medloc_core.model import loading
+    from medloc_core.model.standin import ensure_tiny_model
 
-    proc = modeling.load_processor(modeling.ensure_tiny_model(tmp_path / "models"))
+    proc = loading.load_processor(ensure_tiny_model(tmp_path / "models"))
     df = make_prepared(tmp_path / "img", n=4)
     check_frames(train_rows(df), proc)
     with pytest.raises(ValueError, match="record_id='r0'.*224x224.*max_pixels=12544"):
@@ -220,7 +223,7 @@ def data(tmp_path_factory) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, data):
     """SFT warm-up on the tiny model, then 3 GRPO steps with the MedLoc curriculum."""
-    from medloc_core.training import train
+    from medloc_core.training.session import train
 
     root = tmp_path_factory.mktemp("sft_run")
     sink: list[tuple[int, dict]] = []
@@ -244,7 +247,7 @@ def sft_run(tmp_path_factory, data):
 
 @pytest.mark.slow
 def test_grpo_after_sft_warmup_logs_the_curriculum_every_step(sft_run) -> None:
-    from medloc_core import modeling
+    from medloc_core.model import loading
 
     res, sink, hooks = sft_run["result"], sft_run["sink"], sft_run["hooks"]
     assert res.sft["steps"] == 80 and res.sft["last_loss"] < 0.5 * res.sft["first_loss"]
@@ -263,8 +266,8 @@ def test_grpo_after_sft_warmup_logs_the_curriculum_every_step(sft_run) -> None:
     assert hooks.vision_calls >= 2 * res.steps
     assert res.seconds_per_step > 0 and res.peak_rss_mb > 100
     assert res.final_threshold == 0.3 and res.num_raises == 0
-    model = modeling.load_model(res.model_dir)
-    proc = modeling.load_processor(res.model_dir)
+    model = loading.load_model(res.model_dir)
+    proc = loading.load_processor(res.model_dir)
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration" and proc.image_processor is not None
     summary = json.loads((res.model_dir / "medloc_training.json").read_text())
     assert summary["steps"] == 3 and summary["config"]["schedule"] == "medloc"
@@ -275,7 +278,7 @@ def test_forced_ready_stream_raises_tau_and_kill_resume_restores_state(sft_run, 
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from medloc_core.training import prepare_training, train
+    from medloc_core.training.session import prepare_training, train
 
     out = tmp_path / "run"
     cfg = _cfg(
@@ -322,8 +325,8 @@ def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, t
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    from medloc_core import mlae, modeling
-    from medloc_core.training import prepare_training, train
+    from medloc_core.model import loading, mlae
+    from medloc_core.training.session import prepare_training, train
 
     base = AutoModelForImageTextToText.from_pretrained(sft_run["sft"]).state_dict()
     out = tmp_path / adapter
@@ -381,10 +384,10 @@ def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, t
     assert (
         final / "adapter" / ("adapter_config.json" if adapter == "lora" else mlae.MLAE_CONFIG_NAME)
     ).is_file()
-    merged = modeling.load_model(final)
+    merged = loading.load_model(final)
     assert not mlae.mlae_modules(merged) and not any("lora_" in n for n, _ in merged.named_parameters())
     # The adapter folder alone also loads (base model from its config, adapter merged) to the same weights.
-    from_adapter = modeling.load_model(final / "adapter").state_dict()
+    from_adapter = loading.load_model(final / "adapter").state_dict()
     assert all(torch.allclose(from_adapter[k], v, atol=1e-6) for k, v in merged.state_dict().items())
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
     assert changed and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "o_proj")) for k in changed)
@@ -392,7 +395,7 @@ def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, t
 
 @pytest.mark.slow
 def test_gpu_config_options_build_and_step_on_cpu(sft_run, data, tmp_path) -> None:
-    from medloc_core.training import prepare_training
+    from medloc_core.training.session import prepare_training
 
     section = _training_section("medloc_training_gpu.yaml")
     # Everything from the GPU config except what needs a GPU (bf16, vLLM) and the 3B weights.
@@ -407,7 +410,7 @@ def test_gpu_config_options_build_and_step_on_cpu(sft_run, data, tmp_path) -> No
         progress=False,
     )
     session = prepare_training(
-        data, TrainingConfig.from_dict(section), tmp_path / "gpu", metrics_sink=lambda m, s: None
+        data, TrainingConfig.model_validate(section), tmp_path / "gpu", metrics_sink=lambda m, s: None
     )
     args = session.trainer.args
     assert (args.num_generations, args.temperature, args.learning_rate, args.beta) == (8, 0.9, 1e-6, 0.04)
@@ -420,7 +423,7 @@ def test_gpu_config_options_build_and_step_on_cpu(sft_run, data, tmp_path) -> No
 
 @pytest.mark.slow
 def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> None:
-    from medloc_core.training import train
+    from medloc_core.training.session import train
 
     data = make_prepared(tmp_path / "img", n=18, datasets=("ham", "tn3k"))
     seen: list[dict] = []
@@ -464,7 +467,7 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     reused by rank 1, then GRPO: one writer, one MLflow run, τ raised in step."""
     import mlflow
 
-    from medloc_core.launch import launch_training
+    from medloc_core.training.launch import launch_training
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     previous_uri = mlflow.get_tracking_uri()
@@ -520,7 +523,7 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
 def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data, tmp_path) -> None:
     """Two real checkpoints (save_total_limit 2); the newest one's optimizer state is truncated. Re-running
     resumes from the older one with a warning (today: a crash on every re-run) and finishes all steps."""
-    from medloc_core.training import prepare_training, train
+    from medloc_core.training.session import prepare_training, train
 
     out = tmp_path / "run"
     cfg = _cfg(model_name_or_path=str(sft_run["sft"]), max_steps=6, save_steps=2, save_total_limit=2)
@@ -540,7 +543,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data
 
 
 def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_path) -> None:
-    from medloc_core.training import build_grpo_config
+    from medloc_core.training.trainer import build_grpo_config
 
     cfg = _cfg(
         top_k=50,
@@ -559,7 +562,7 @@ def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_
 
 
 def test_dead_groups_split_into_all_hit_and_all_miss_at_the_step_threshold() -> None:
-    from medloc_core.schedules import make_schedule
+    from medloc_core.curriculum import make_schedule
     from medloc_core.training.callbacks import dead_group_split
 
     ious = [0.6, 0.7, 0.1, 0.0, 0.6, 0.1, 0.5, 0.5]  # groups of 2: all hit, all miss, live, all hit (>=)

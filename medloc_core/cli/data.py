@@ -138,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from medloc_core.data.synth import Difficulty, generate
+    from medloc_core.data.synth import generate
+    from medloc_core.data.synth_render import Difficulty
 
     try:
         difficulty = Difficulty(args.target_scale, args.contrast, args.blur)

@@ -13,14 +13,14 @@ import math
 import sys
 from pathlib import Path
 
-from medloc_core.config import EvaluationConfig
+from medloc_core.evaluation import EvaluationConfig
 from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
 
-_EVAL = EvaluationConfig()  # the evaluation defaults have one home: medloc_core.config
+_EVAL = EvaluationConfig()  # the evaluation defaults have one home: medloc_core.run_config
 
 logger = logging.getLogger(__name__)
 
-# Same values as medloc_core.registry (tested); repeated so that ``medloc --help`` does not import MLflow.
+# Same values as medloc_core.registry.versions (tested); repeated so that ``medloc --help`` does not import MLflow.
 MODEL_NAME = "medloc-grounder"
 CHAMPION = "champion"
 DEFAULT_METRIC = "eval/A@0.5"
@@ -46,10 +46,11 @@ def _use_tracking_uri() -> str:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from medloc_core import registry
+    from medloc_core.registry import versions
+    from medloc_core.registry.gate import decision_json, promote_if_better
 
     uri = _use_tracking_uri()
-    decision = registry.promote_if_better(
+    decision = promote_if_better(
         args.version,
         margin=args.margin,
         metric=args.metric,
@@ -58,13 +59,13 @@ def _cmd_promote(args: argparse.Namespace) -> int:
         force=args.force,
     )
     if decision.unchanged:
-        print(f"{registry.MODEL_NAME} version {args.version}: already the champion, nothing changed  ({uri})")
+        print(f"{versions.MODEL_NAME} version {args.version}: already the champion, nothing changed  ({uri})")
         return 0
     verdict = "PROMOTED to champion" if decision.promote else "NOT promoted"
-    print(f"{registry.MODEL_NAME} version {args.version}: {verdict}  ({uri})")
+    print(f"{versions.MODEL_NAME} version {args.version}: {verdict}  ({uri})")
     for reason in decision.reasons:
         print(f"  - {reason}")
-    print(registry.decision_json(decision))
+    print(decision_json(decision))
     return 0 if decision.promote else 1  # a rejected promotion is not a success (scripts and CI can tell)
 
 
@@ -78,20 +79,22 @@ def predict_one(
 
     Raises FileNotFoundError / :class:`~medloc_core.images.ImageError` (one line) for a missing, non-image or
     oversized file, before any model is loaded."""
-    from medloc_core import registry
+    from medloc_core.registry import versions
 
     if not Path(image_path).is_file():
         raise FileNotFoundError(f"--image {image_path!r} does not exist or is not a file")
     image = load_rgb(image_path, max_pixels=MAX_IMAGE_PIXELS)
-    if registry.is_model_uri(model):
+    if versions.is_model_uri(model):
         import mlflow.pyfunc
         import pandas as pd
 
+        from medloc_core.registry.serving import encode_image
+
         _use_tracking_uri()
-        registry.require_alias(model)
+        versions.require_alias(model)
         pyfunc = mlflow.pyfunc.load_model(model)
         # The served model takes image bytes only (base64), never a path on its host.
-        row = {"image": registry.encode_image(image), "query": query}
+        row = {"image": encode_image(image), "query": query}
         if answer_style is not None:
             from medloc_core.prompts import build_prompt_text
 
@@ -101,7 +104,7 @@ def predict_one(
         box = [float(out[c]) for c in ("x1", "y1", "x2", "y2")] if parsed else None
         completion = str(out["completion"])
     else:
-        from medloc_core.inference import BoxPredictor
+        from medloc_core.model.inference import BoxPredictor
         from medloc_core.prompts import build_prompt_text
 
         predictor = BoxPredictor(model, max_new_tokens=max_new_tokens)
@@ -138,7 +141,7 @@ def resolve_query(query: str | None, dataset: str) -> str:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from medloc_core.plots import draw_box_on_image
-    from medloc_core.registry import NoModelAtAliasError
+    from medloc_core.registry.versions import NoModelAtAliasError
 
     query = resolve_query(args.query, args.dataset)
     try:
@@ -165,18 +168,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from medloc_core import registry
     from medloc_core.evaluation import evaluate_model, metrics_table
+    from medloc_core.registry import versions
 
     data = Path(args.data)
     if not data.is_file():
         raise FileNotFoundError(f"--data {args.data!r} does not exist")
     df = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
-    if registry.is_model_uri(args.model):
+    if versions.is_model_uri(args.model):
         _use_tracking_uri()
     try:
-        model_dir = registry.resolve_model_dir(args.model)
-    except registry.NoModelAtAliasError as exc:
+        model_dir = versions.resolve_model_dir(args.model)
+    except versions.NoModelAtAliasError as exc:
         print(f"medloc evaluate: {exc}", file=sys.stderr)
         return 2
     metrics, predictions = evaluate_model(

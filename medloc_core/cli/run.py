@@ -2,7 +2,7 @@
 
 Both run ``zenml pipeline run medloc_training -c CONFIG`` from the repository root as a child process (the
 library never imports ZenML, and the command that runs is exactly the documented one) through
-``medloc_core.scheduling.run_and_report``, the one runner: ``medloc schedule run`` adds a lock file and a log.
+``medloc_core.cron.run_and_report``, the one runner: ``medloc schedule run`` adds a lock file and a log.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medloc_core import scheduling
+from medloc_core import cron
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +37,15 @@ def run_pipeline(
     log_file: Path | None = None,
     lock_file: Path | None = None,
     timeout_s: float | None = None,
-) -> scheduling.RunReport:
+) -> cron.RunReport:
     """Run the pipeline once from the repository root (``zenml init`` there first if needed)."""
     root = root or project_root()
     env = {"ZENML_ANALYTICS_OPT_IN": os.environ.get("ZENML_ANALYTICS_OPT_IN", "false")}
-    command = scheduling.pipeline_command(config)
+    command = cron.pipeline_command(config)
     if not (root / ".zen").exists():
         subprocess.run([command[0], "init"], cwd=root, env={**os.environ, **env}, check=True)
     logger.info("running: %s (in %s)", shlex.join(command), root)
-    return scheduling.run_and_report(
+    return cron.run_and_report(
         command, cwd=root, env=env, log_file=log_file, lock_file=lock_file, timeout_s=timeout_s
     )
 
@@ -74,21 +74,21 @@ def _schedule_run(args: argparse.Namespace) -> int:
 def _schedule_cron(args: argparse.Namespace) -> int:
     root = project_root()
     log_file = args.log_file or root / ".medloc" / "logs" / "retrain.log"
-    print(scheduling.cron_line(args.cron, config=args.config, workdir=root, log_file=log_file))
+    print(cron.cron_line(args.cron, config=args.config, workdir=root, log_file=log_file))
     return 0
 
 
 def _schedule_validate(args: argparse.Namespace) -> int:
     if Path(args.target).is_file():
-        block = scheduling.schedule_block(scheduling.load_run_config(args.target), source=args.target)
+        block = cron.schedule_block(cron.load_run_config(args.target), source=args.target)
         print(block["cron_expression"] if block else "no schedule block")
     else:
-        print(scheduling.validate_cron(args.target))
+        print(cron.validate_cron(args.target))
     return 0
 
 
 def _schedule_strip(args: argparse.Namespace) -> int:
-    print(scheduling.strip_schedule(args.config, args.output))
+    print(cron.strip_schedule(args.config, args.output))
     return 0
 
 
@@ -132,11 +132,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     once.add_argument("--lock-file", type=Path, help="default: .medloc/schedule.lock in the repository")
     once.add_argument("--timeout-s", type=float, help="kill the run after this many seconds (exit 124)")
     once.set_defaults(func=_guarded(_schedule_run))
-    cron = actions.add_parser("cron", help="print the crontab line for single-machine retraining")
-    cron.add_argument("--cron", default="0 3 * * 1", help="cron expression (default: Mondays 03:00)")
-    cron.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="run config YAML")
-    cron.add_argument("--log-file", type=Path, help="default: .medloc/logs/retrain.log in the repository")
-    cron.set_defaults(func=_guarded(_schedule_cron))
+    cron_cmd = actions.add_parser("cron", help="print the crontab line for single-machine retraining")
+    cron_cmd.add_argument("--cron", default="0 3 * * 1", help="cron expression (default: Mondays 03:00)")
+    cron_cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="run config YAML")
+    cron_cmd.add_argument("--log-file", type=Path, help="default: .medloc/logs/retrain.log in the repository")
+    cron_cmd.set_defaults(func=_guarded(_schedule_cron))
     validate = actions.add_parser(
         "validate", help="validate a cron expression or a run config's schedule block"
     )

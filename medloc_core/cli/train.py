@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def modeling_sizes() -> list[str]:
-    from medloc_core.modeling import TINY_SIZES  # no heavy imports: modeling loads transformers lazily
+    from medloc_core.model.standin import TINY_SIZES
 
     return list(TINY_SIZES)
 
@@ -113,7 +113,7 @@ def read_table(path: Path) -> Any:
 
 
 def _build_tiny_model(args: argparse.Namespace) -> int:
-    from medloc_core.modeling import build_tiny_qwen25vl
+    from medloc_core.model.standin import build_tiny_qwen25vl
 
     out = build_tiny_qwen25vl(
         args.out, seed=args.seed, size=args.size, min_pixels=args.min_pixels, max_pixels=args.max_pixels
@@ -154,14 +154,13 @@ def _close_process_group() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medloc_core.config import parse_block
-    from medloc_core.training import train
+    from medloc_core.run_config import parse_block
+    from medloc_core.training.session import train
 
     # The pipeline's own `training:` block model: the same keys, defaults and checks as a pipeline run.
-    params = parse_block("training", load_training_config(args.config, args.overrides))
-    if params.accelerate is not None:
+    config = parse_block("training", load_training_config(args.config, args.overrides))
+    if config.accelerate is not None:
         raise ValueError("training.accelerate: run `accelerate launch -m medloc_core.cli train ...` instead")
-    config = params.training_config()
     df = read_table(args.data)
     with _parent_mlflow_run():
         result = train(df, config, args.out, resume=not args.no_resume)

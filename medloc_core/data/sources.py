@@ -21,8 +21,9 @@ import pandas as pd
 from medloc_core import masking
 from medloc_core.data.ingest import read_dataset
 from medloc_core.data.records import check_quarantine_limit, quarantine_frame
-from medloc_core.data.synth import TRUTH_FILE, Difficulty, generate
-from medloc_core.tracking import medloc_home
+from medloc_core.data.synth import TRUTH_FILE, generate
+from medloc_core.data.synth_render import Difficulty
+from medloc_core.paths import medloc_home
 
 logger = logging.getLogger(__name__)
 

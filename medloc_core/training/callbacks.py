@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medloc_core.checkpoints import CURRICULUM_STATE_NAME
+from medloc_core.training.checkpoints import CURRICULUM_STATE_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def check_frames(rows: Any, processor: Any) -> None:
     """Every row's input frame must be a fixed point of the processor's smart_resize, else the boxes (in that
     frame) would not match what the model sees."""
     from medloc_core.boxes import smart_resize
-    from medloc_core.modeling import pixel_bounds
+    from medloc_core.model.loading import pixel_bounds
 
     min_px, max_px = pixel_bounds(processor)
     for i, r in rows.iterrows():

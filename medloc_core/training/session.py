@@ -11,12 +11,17 @@ import os
 import resource
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medloc_core.checkpoints import CURRICULUM_STATE_NAME
+from medloc_core.curriculum import schedule_for
+from medloc_core.model import loading
+from medloc_core.model.adapters import attach_adapter_for_training
+from medloc_core.rewards import grounding
+from medloc_core.rewards.tracker import RewardTracker
+from medloc_core.training import checkpoints
 from medloc_core.training.callbacks import (
     CompletionsTableCallback,
     CurriculumCallback,
@@ -30,10 +35,9 @@ from medloc_core.training.config import (
     resolve_model_path,
     weights_dtype,
 )
-from medloc_core.training.medgrpo import fit_medgrpo
 from medloc_core.training.rows import build_examples, check_frames, train_rows
-from medloc_core.training.trainer import _trainer_class, build_grpo_config
-from medloc_core.training.warmup import configure_threads, run_sft_warmup, sft_val_examples
+from medloc_core.training.trainer import build_grpo_config, medloc_grpo_trainer
+from medloc_core.training.warmup import configure_threads, fit_medgrpo, run_sft_warmup, sft_val_examples
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ class TrainingSession:
         )
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
         summary["model_dir"] = str(final)
-        summary["config"] = self.config.to_dict()
+        summary["config"] = self.config.model_dump(mode="json")
         summary["num_processes"] = accelerator.num_processes
         if main:
             (final / "medloc_training.json").write_text(
@@ -137,8 +141,6 @@ def save_final_model(session: TrainingSession) -> Path:
     Adapters are merged into a fresh copy of the base model loaded from disk, so the trained (unmerged) model
     held by the trainer is left untouched.
     """
-    from medloc_core import modeling
-
     cfg, trainer = session.config, session.trainer
     final = session.output_dir / "final"
     if final.exists():
@@ -151,40 +153,46 @@ def save_final_model(session: TrainingSession) -> Path:
         if cfg.adapter == "lora":
             model.save_pretrained(str(final / "adapter"))
         else:
-            from medloc_core import mlae
+            from medloc_core.model import mlae
 
             mlae.save_mlae(model, final / "adapter", base_model=session.model_path)
         # Merged into an fp32 copy: the training step's output keeps fp32 weights (registration may cast).
-        merged = modeling.load_model(session.model_path, dtype="float32", adapter_dir=final / "adapter")
+        merged = loading.load_model(session.model_path, dtype="float32", adapter_dir=final / "adapter")
         merged.save_pretrained(str(final))
         del merged
     session.processor.save_pretrained(str(final))
     return final
 
 
-def _make_schedule(config: TrainingConfig, datasets: Sequence[str]) -> Any:
-    from medloc_core.curriculum import PerDatasetSchedule, make_schedule
-
-    def one():
-        if config.schedule == "medloc":
-            return make_schedule("medloc", config.curriculum_config())
-        if config.schedule == "fixed":
-            return make_schedule("fixed", tau=config.fixed_tau)
-        return make_schedule(config.schedule, total_steps=config.max_steps)
-
-    if config.per_dataset_thresholds:
-        if config.schedule == "raw_iou":
-            raise ValueError("per_dataset_thresholds needs a thresholded schedule, not 'raw_iou'")
-        return PerDatasetSchedule(one, sorted(set(datasets)))
-    return one()
-
-
 def latest_complete_checkpoint(output_dir: Path) -> str | None:
     """The newest checkpoint that can really be resumed from (``checkpoints.latest_loadable_checkpoint``):
     damaged or cut-off newer ones are set aside with a warning."""
-    from medloc_core.checkpoints import latest_loadable_checkpoint
+    return checkpoints.latest_loadable_checkpoint(output_dir)
 
-    return latest_loadable_checkpoint(output_dir)
+
+def _resume_point(out: Path, resume: bool, state: Any) -> str | None:
+    """The checkpoint to resume from, or None; a fresh start clears a previous run's leftovers (main rank)."""
+    checkpoint = latest_complete_checkpoint(out) if resume else None
+    if checkpoint is None and state.is_main_process:
+        for child in [*out.glob("checkpoint-*"), out / HISTORY_NAME, out / MEDGRPO_STATS_NAME]:
+            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+    state.wait_for_everyone()
+    return checkpoint
+
+
+def _medgrpo_stats(
+    config: TrainingConfig, model: Any, processor: Any, examples: list, schedule: Any, out: Path, state: Any
+) -> dict[str, list[float]] | None:
+    """MedGRPO's per-dataset quartiles: fitted once by the main rank (or the run being resumed), then read."""
+    if not config.medgrpo_normalization:
+        return None
+    path = out / MEDGRPO_STATS_NAME
+    with state.main_process_first():
+        if not path.is_file():
+            fit_reward = grounding.make_reward_for_schedule(schedule, None, parser=config.reward_parser)
+            stats = fit_medgrpo(model, processor, examples, fit_reward, config)
+            path.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def prepare_training(
@@ -196,144 +204,96 @@ def prepare_training(
     resume: bool = True,
     callbacks: Sequence[Any] = (),
 ) -> TrainingSession:
-    """Build everything :func:`train` runs (SFT warm-up included), without starting GRPO."""
+    """Build everything :func:`train` runs (SFT warm-up included), without starting GRPO. Each line is one
+    builder that lives beside its concern; under ``accelerate launch`` every rank runs this, file-writing work
+    happens on the main rank first and the others reuse it."""
     import torch
+    from accelerate import PartialState
     from datasets import Dataset
 
-    from medloc_core import modeling, rewards
-
-    if isinstance(config, Mapping):
-        config = TrainingConfig.from_dict(config)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sink = default_metrics_sink if metrics_sink is None else metrics_sink
     rows = train_rows(prepared_df)
-
     base_path = resolve_model_path(config)
-    processor = modeling.load_processor(base_path)
+    processor = loading.load_processor(base_path)
     if config.min_pixels is not None:
-        modeling.set_pixel_bounds(processor, config.min_pixels, config.max_pixels)
+        loading.set_pixel_bounds(processor, config.min_pixels, config.max_pixels)
     check_frames(rows, processor)
     examples = build_examples(rows, config.answer_style)
+    state = PartialState(
+        cpu=config.use_cpu
+    )  # cpu=True: the gloo process group under torchrun, as use_cpu does
+    checkpoint = _resume_point(out, resume, state)
 
-    # Under `accelerate launch` every rank runs this; file-writing work happens on the main process first and
-    # the other ranks then reuse its results (SFT folder, MedGRPO statistics).
-    from accelerate import PartialState
-
-    # cpu=True mirrors TrainingArguments(use_cpu=True): under torchrun it makes the gloo process group.
-    proc_state = PartialState(cpu=config.use_cpu)
-    resume_ckpt = latest_complete_checkpoint(out) if resume else None
-    if resume_ckpt is None and proc_state.is_main_process:  # fresh start: drop a previous run's leftovers
-        for child in list(out.glob("checkpoint-*")) + [out / HISTORY_NAME, out / MEDGRPO_STATS_NAME]:
-            shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
-    proc_state.wait_for_everyone()
-
-    sft_summary = None
-    model_path = base_path
+    model_path, sft_summary = base_path, None
     if config.sft_warmup_steps > 0:
         val_examples = sft_val_examples(prepared_df, config, processor)
-        with proc_state.main_process_first():
+        with state.main_process_first():
             model_path, sft_summary = run_sft_warmup(
                 config, base_path, processor, examples, out, val_examples
             )
-
     torch.manual_seed(config.seed)
-    model = modeling.load_model(model_path, dtype=weights_dtype(config))
+    model = loading.load_model(model_path, dtype=weights_dtype(config))
     model.train()
     configure_threads(config, model)
 
-    schedule = _make_schedule(config, [e["dataset"] for e in examples])
-    tracker = rewards.RewardTracker()
-    accuracy = rewards.make_reward_for_schedule(schedule, tracker, parser=config.reward_parser)
-    medgrpo_stats = None
-    if config.medgrpo_normalization:
-        stats_path = out / MEDGRPO_STATS_NAME
-        with proc_state.main_process_first():
-            if stats_path.is_file():  # fitted by the main rank just now, or by the run being resumed
-                medgrpo_stats = json.loads(stats_path.read_text(encoding="utf-8"))
-            else:
-                fit_reward = rewards.make_reward_for_schedule(schedule, None, parser=config.reward_parser)
-                medgrpo_stats = fit_medgrpo(model, processor, examples, fit_reward, config)
-                stats_path.write_text(json.dumps(medgrpo_stats, indent=2) + "\n", encoding="utf-8")
-        accuracy = rewards.make_medgrpo_normalized_reward(
-            accuracy, {k: tuple(v) for k, v in medgrpo_stats.items()}, k=config.medgrpo_k
-        )
-    accuracy_weight, format_weight = rewards.reward_weights(
-        config.resolved_reward_mix, config.accuracy_weight, config.format_weight
+    schedule = schedule_for(
+        config.schedule,
+        curriculum=config.curriculum_settings,
+        fixed_tau=config.fixed_tau,
+        total_steps=config.max_steps,
+        per_dataset=[e["dataset"] for e in examples] if config.per_dataset_thresholds else None,
     )
-    reward_funcs, weights = [accuracy], [accuracy_weight]
-    if config.format_reward:
-        require_think = (
-            config.answer_style == "think"
-            if config.format_require_think is None
-            else config.format_require_think
-        )
-        reward_funcs.append(
-            rewards.make_format_reward(
-                require_think=require_think,
-                partial_credit=config.format_partial_credit,
-                parser=config.reward_parser,
-            )
-        )
-        weights.append(format_weight)
-
-    peft_config = None
-    if config.adapter == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules_arg,
-            task_type="CAUSAL_LM",
-        )
-    elif config.adapter == "mlae":
-        from medloc_core import mlae
-
-        mlae.apply_mlae(
-            model,
-            config.target_modules_arg,
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            drop_rate=config.mlae_drop_rate,
-            dropout=config.lora_dropout,
-        )
-        if config.gradient_checkpointing:
-            model.enable_input_require_grads()
-
+    tracker = RewardTracker()
+    medgrpo_stats = _medgrpo_stats(config, model, processor, examples, schedule, out, state)
+    reward_funcs, weights = grounding.build_rewards(
+        schedule,
+        tracker,
+        parser=config.reward_parser,
+        mix=config.resolved_reward_mix,
+        accuracy_weight=config.accuracy_weight,
+        format_weight=config.format_weight,
+        format_reward=config.format_reward,
+        require_think=config.require_think,
+        format_partial_credit=config.format_partial_credit,
+        medgrpo_stats=medgrpo_stats,
+        medgrpo_k=config.medgrpo_k,
+    )
+    peft_config = attach_adapter_for_training(
+        model,
+        config.adapter,
+        target_modules=config.target_modules_arg,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        mlae_drop_rate=config.mlae_drop_rate,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
     history_path = out / HISTORY_NAME
-    if resume_ckpt is not None:
-        state_file = Path(resume_ckpt) / CURRICULUM_STATE_NAME
-        if not state_file.is_file():
-            raise ValueError(
-                f"{resume_ckpt}: no {CURRICULUM_STATE_NAME}; cannot resume the curriculum exactly"
-            )
-        payload = json.loads(state_file.read_text(encoding="utf-8"))
-        schedule.load_state_dict(payload["schedule"])
-        if proc_state.is_main_process:
-            _truncate_history(history_path, int(payload["global_step"]))
-        logger.info(
-            "resuming from %s (step %s, threshold %s)", resume_ckpt, payload["global_step"], schedule.stats
-        )
+    if checkpoint is not None:
+        step = checkpoints.restore_curriculum(checkpoint, schedule)
+        if state.is_main_process:
+            _truncate_history(history_path, step)
+        logger.info("resuming from %s (step %s, threshold %s)", checkpoint, step, schedule.stats)
 
-    dataset = Dataset.from_list(
-        [{k: e[k] for k in ("prompt", "image", "bbox", "dataset", "record_id")} for e in examples]
-    )
     callback = CurriculumCallback(
         schedule,
         tracker,
         num_generations=config.num_generations,
-        metrics_sink=sink,
+        metrics_sink=default_metrics_sink if metrics_sink is None else metrics_sink,
         history_path=history_path,
         reward_names=[f.__name__ for f in reward_funcs],
     )
-    trainer_cls = _trainer_class()
-    trainer = trainer_cls(
+    trainer = medloc_grpo_trainer(
+        adapter=config.adapter,
+        base_model=model_path,
+        curriculum_callback=callback,
         model=model,
         reward_funcs=reward_funcs,
         args=build_grpo_config(config, out, weights),
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(
+            [{k: e[k] for k in ("prompt", "image", "bbox", "dataset", "record_id")} for e in examples]
+        ),
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[callback, CompletionsTableCallback(callback, config.log_completions_every), *callbacks],
@@ -342,9 +302,6 @@ def prepare_training(
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    trainer.medloc_adapter = config.adapter
-    trainer.medloc_base_model = model_path
-    trainer.medloc_callback = callback
     return TrainingSession(
         trainer=trainer,
         config=config,
@@ -354,7 +311,7 @@ def prepare_training(
         tracker=tracker,
         callback=callback,
         processor=processor,
-        resume_checkpoint=resume_ckpt,
+        resume_checkpoint=checkpoint,
         sft=sft_summary,
         medgrpo_stats=medgrpo_stats,
     )
@@ -362,7 +319,7 @@ def prepare_training(
 
 def train(
     prepared_df: Any,
-    config: TrainingConfig | Mapping[str, Any],
+    config: TrainingConfig,
     output_dir: str | os.PathLike,
     *,
     metrics_sink: MetricsSink | None = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medloc_core.cpu_kernels import token_log_probs
+from medloc_core.model.cpu_kernels import token_log_probs
 
 
 def _checkpointing(model: Any) -> bool:

@@ -4,7 +4,7 @@ subclass whose checkpoints really restore Qwen2.5-VL weights and MLAE adapters.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -16,19 +16,32 @@ from medloc_core.training.config import TrainingConfig, trl_field_names
 logger = logging.getLogger(__name__)
 
 
-def _trainer_class():
+def medloc_grpo_trainer(
+    *, adapter: str = "full", base_model: str | None = None, curriculum_callback: Any = None, **kwargs: Any
+) -> Any:
+    """A :class:`MedLocGRPOTrainer` (TRL's ``GRPOTrainer`` arguments in ``kwargs``) with its MedLoc collaborators:
+    the ``adapter`` kind, the ``base_model`` an MLAE adapter is saved against, and the ``curriculum_callback``
+    whose state completes every checkpoint. The class is built on first use: importing TRL costs seconds."""
+    return _trainer_class()(
+        adapter=adapter, base_model=base_model, curriculum_callback=curriculum_callback, **kwargs
+    )
+
+
+@functools.cache
+def _trainer_class() -> type:
     from trl import GRPOTrainer
 
     class MedLocGRPOTrainer(GRPOTrainer):
         """GRPOTrainer with checkpoint handling that really restores Qwen2.5-VL weights and MLAE adapters."""
 
-        medloc_adapter: str = "full"
-        medloc_base_model: str | None = None
-        medloc_callback: Any = None
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, adapter: str, base_model: str | None, curriculum_callback: Any, **kwargs: Any
+        ) -> None:
+            self.medloc_adapter = adapter
+            self.medloc_base_model = base_model
+            self.medloc_callback = curriculum_callback
             super().__init__(*args, **kwargs)
-            from medloc_core.cpu_kernels import compact_log_probs
+            from medloc_core.model.cpu_kernels import compact_log_probs
 
             # TRL's fused LM head scores every position off Triton devices; score only the completions there.
             target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -81,7 +94,7 @@ def _trainer_class():
             # Trainer rotates old checkpoints inside _save_checkpoint, before the callbacks' on_save writes the
             # curriculum state, so with save_total_limit a crash right then left only an incomplete checkpoint.
             # Save without rotating, complete the checkpoint, then rotate only if it is loadable.
-            from medloc_core import checkpoints
+            from medloc_core.training import checkpoints
 
             keep = self.args.save_total_limit
             self.args.save_total_limit = None
@@ -101,7 +114,7 @@ def _trainer_class():
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             if self.medloc_adapter != "mlae":
                 return super()._save(output_dir, state_dict)
-            from medloc_core import mlae
+            from medloc_core.model import mlae
 
             out = Path(output_dir or self.args.output_dir)
             mlae.save_mlae(self.accelerator.unwrap_model(self.model), out, base_model=self.medloc_base_model)
@@ -113,7 +126,7 @@ def _trainer_class():
             if self.medloc_adapter == "lora":  # peft adapters reload correctly through Trainer
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
             if self.medloc_adapter == "mlae":
-                from medloc_core import mlae
+                from medloc_core.model import mlae
 
                 mlae.load_mlae(self.accelerator.unwrap_model(model), resume_from_checkpoint)
                 return None
@@ -182,7 +195,7 @@ def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: 
             "TrainingConfig.use_vllm=True but vLLM is not installed here; install vllm or set it false"
         )
     names = trl_field_names()
-    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
+    shared = {name: getattr(config, name) for name in type(config).model_fields if name in names}
     shared.update(
         # save_steps 0 means "no checkpoints" here; TRL wants a strategy and a positive interval
         save_strategy="steps" if config.save_steps > 0 else "no",

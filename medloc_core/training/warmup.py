@@ -1,5 +1,6 @@
-"""The SFT warm-up before GRPO (early stop on the greedy val hit rate at τ0), greedy/sampled generation
-helpers, and the CPU thread choice for small models.
+"""What runs on the starting policy before GRPO: the SFT warm-up (early stop on the greedy val hit rate at τ0) and
+MedGRPO's quartile fit on its completions; greedy/sampled generation helpers; the CPU thread choice for small
+models.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def generate_completions(
 ) -> list[str]:
     """One completion per example (``prompt`` messages + ``image``): sampled at ``temperature`` (MedGRPO's
     statistics), or greedy with ``temperature=None`` (the SFT early-stop check)."""
-    from medloc_core.inference import generate
+    from medloc_core.model.inference import generate
 
     out: list[str] = []
     was_training = model.training
@@ -71,7 +72,7 @@ def sft_stop_iou(config: TrainingConfig) -> float:
     if config.sft_stop_iou is not None:
         return config.sft_stop_iou
     if config.schedule == "medloc":
-        return config.curriculum_config().tau0
+        return config.curriculum_settings.tau0
     return config.fixed_tau if config.schedule == "fixed" else 0.5
 
 
@@ -110,7 +111,8 @@ def run_sft_warmup(
     val_examples: list[dict] | None = None,
 ):
     """SFT warm-up into ``output_dir/sft`` (skipped when a finished one is there). Returns (path, summary)."""
-    from medloc_core import modeling, sft
+    from medloc_core.model import loading
+    from medloc_core.training import sft
 
     sft_dir = output_dir / "sft"
     done = sft_dir / SFT_DONE_NAME
@@ -136,7 +138,7 @@ def run_sft_warmup(
     import torch
 
     torch.manual_seed(config.seed)
-    model = modeling.load_model(model_path, dtype="float32")  # fp32 master weights; bf16 only in autocast
+    model = loading.load_model(model_path, dtype="float32")  # fp32 master weights; bf16 only in autocast
     if not config.use_cpu and torch.cuda.is_available():
         model.to("cuda")
     configure_threads(config, model)
@@ -190,3 +192,37 @@ def run_sft_warmup(
     done.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     del model
     return str(sft_dir), summary
+
+
+def fit_medgrpo(
+    model: Any,
+    processor: Any,
+    examples: Sequence[Mapping[str, Any]],
+    base_reward: Callable,
+    config: TrainingConfig,
+) -> dict[str, list[float]]:
+    """Quartiles of ``base_reward`` per dataset over completions of the starting model (MedGRPO, docs/method.md §6)."""
+    import random
+
+    from medloc_core.rewards.medgrpo import fit_medgrpo_stats
+
+    rng = random.Random(config.seed)
+    by_ds: dict[str, list[Mapping[str, Any]]] = {}
+    for e in examples:
+        by_ds.setdefault(e["dataset"], []).append(e)
+    picked = []
+    for _, items in sorted(by_ds.items()):
+        picked += rng.sample(items, min(len(items), config.medgrpo_fit_samples))
+    texts = generate_completions(
+        model, processor, picked, max_new_tokens=config.max_completion_length, temperature=config.temperature
+    )
+    values = base_reward(
+        prompts=[e["prompt"] for e in picked],
+        completions=[[{"role": "assistant", "content": t}] for t in texts],
+        bbox=[e["bbox"] for e in picked],
+        dataset=[e["dataset"] for e in picked],
+    )
+    grouped: dict[str, list[float]] = {}
+    for e, v in zip(picked, values):
+        grouped.setdefault(e["dataset"], []).append(float(v))
+    return {k: list(v) for k, v in fit_medgrpo_stats(grouped).items()}

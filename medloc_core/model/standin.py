@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from medloc_core import prompts
-from medloc_core.modeling import (
+from medloc_core.model.loading import (
     DEFAULT_SYSTEM_PROMPT,
     QWEN25VL_CHAT_TEMPLATE,
     QWEN_PRETOKENIZE_REGEX,
     QWEN_SPECIAL_TOKENS,
-    _image_only_processor_class,
+    image_only_processor_class,
     qwen_fast_tokenizer,
 )
 
@@ -285,7 +285,7 @@ def build_tiny_qwen25vl(
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2
     )
-    processor = _image_only_processor_class()(
+    processor = image_only_processor_class()(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN25VL_CHAT_TEMPLATE
     )
     processor.save_pretrained(out)

@@ -19,13 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medloc_core.training.config import TrainingConfig
+
 logger = logging.getLogger(__name__)
 
 
 def accelerate_command(options: Mapping[str, Any]) -> list[str]:
     """``accelerate launch`` arguments from an ``accelerate`` config block, checked by ``config.AccelerateConfig``
     (unknown keys and bad values raise pydantic's ``ValidationError``, a ``ValueError``)."""
-    from medloc_core.config import AccelerateConfig
+    from medloc_core.training.config import AccelerateConfig
 
     options = AccelerateConfig.model_validate(dict(options)).model_dump(exclude_defaults=True)
     num = int(options.get("num_processes", 1))
@@ -48,7 +50,7 @@ def accelerate_command(options: Mapping[str, Any]) -> list[str]:
 
 def launch_training(
     prepared_df: Any,
-    training: Mapping[str, Any],
+    training: TrainingConfig,
     output_dir: str | os.PathLike,
     *,
     accelerate: Mapping[str, Any],
@@ -59,11 +61,12 @@ def launch_training(
     out.mkdir(parents=True, exist_ok=True)
     data = out / "prepared.parquet"
     prepared_df.to_parquet(data, index=False)
-    training = dict(training)
     if accelerate.get("cpu"):
-        training["use_cpu"] = True
-    config = out / "training_config.json"
-    config.write_text(json.dumps(training, indent=2, default=str))
+        training = training.model_copy(update={"use_cpu": True})
+    config = (
+        out / "training_config.json"
+    )  # the same TrainingConfig, read back by the children's `medloc train`
+    config.write_text(training.model_dump_json(indent=2, exclude={"accelerate"}), encoding="utf-8")
     command = [
         *accelerate_command(accelerate),
         "-m",

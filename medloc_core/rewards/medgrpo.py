@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medloc_core.rewards import RewardFunc, _datasets
+from medloc_core.rewards.columns import RewardFunc, dataset_column
 
 
 def medgrpo_normalize(
@@ -62,7 +62,7 @@ def make_medgrpo_normalized_reward(
 
     def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         raw = base_reward(prompts, completions, **kwargs)
-        datasets = _datasets(kwargs, len(raw), reward_name, required=True)
+        datasets = dataset_column(kwargs, len(raw), reward_name, required=True)
         assert datasets is not None
         out: list[float | None] = []
         for i, (value, dataset) in enumerate(zip(raw, datasets)):

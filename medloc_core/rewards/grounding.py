@@ -1,4 +1,5 @@
-"""GRPO reward functions with TRL's signature and the reward tracker (MedGRPO's normalisation: ``medloc_core.medgrpo``).
+"""GRPO reward functions with TRL's signature, and :func:`build_rewards`, the rewards and weights a run trains with
+(the step record they fill: ``rewards/tracker.py``; MedGRPO's normalisation: ``rewards/medgrpo.py``).
 
 Every reward function is called by TRL 1.16 as ``f(prompts=..., completions=..., completion_ids=...,
 **dataset_columns, trainer_state=..., log_extra=..., log_metric=...)`` and returns one float per completion.
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from medloc_core.boxes import PARSERS, iou, parse_box
-
-RewardFunc = Callable[..., list[float | None]]
+from medloc_core.rewards.columns import RewardFunc, dataset_column
+from medloc_core.rewards.medgrpo import make_medgrpo_normalized_reward
+from medloc_core.rewards.tracker import RewardTracker
 
 # Rewards read answers as VLM-R1 does unless told otherwise: what the policy is rewarded for is the paper's.
 # "lenient" (boxes.parse_box's default) is for evaluation, predict and recipes that choose it.
@@ -102,99 +103,6 @@ def _content_text(content: Any) -> str:
                 parts.append(str(part.get("text", "")))
         return "".join(parts)
     raise TypeError(f"message content must be a str or a list of parts, got {type(content).__name__}")
-
-
-# ----------------------------------------------------------------------------------------------- tracker
-
-
-@dataclass
-class StepRecord:
-    """What the reward functions saw since the last :meth:`RewardTracker.pop_step`.
-
-    ``ious``, ``datasets``, ``parse_failures`` and ``completions`` come from the tracker's primary reward (the
-    first IoU reward that recorded, unless ``RewardTracker(primary=...)`` names one), so that two IoU rewards
-    sharing a tracker do not count a completion twice. ``per_reward`` has the counts of every reward name:
-    ``{"calls": int, "completions": int, "parse_failures": int}``.
-    """
-
-    ious: list[float] = field(default_factory=list)
-    datasets: list[str | None] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    parse_failures: int = 0
-    completions: int = 0
-    per_reward: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def parse_failure_rate(self) -> float:
-        """parse_failures / completions (0.0 when nothing was recorded)."""
-        return self.parse_failures / self.completions if self.completions else 0.0
-
-    @property
-    def iou_mean(self) -> float:
-        """Mean IoU (0.0 when nothing was recorded)."""
-        return float(np.mean(self.ious)) if self.ious else 0.0
-
-    def ious_by_dataset(self) -> dict[str | None, list[float]]:
-        """dataset -> its IoUs, in call order."""
-        out: dict[str | None, list[float]] = {}
-        for value, name in zip(self.ious, self.datasets):
-            out.setdefault(name, []).append(value)
-        return out
-
-
-class RewardTracker:
-    """Collects IoUs, dataset names and parse failures from the reward calls of one training step.
-
-    Reward functions call :meth:`record`; the training loop calls :meth:`pop_step` once per optimizer step
-    (e.g. in a TrainerCallback) and feeds ``record.ious`` to the schedule. TRL may call a reward function
-    several times per optimizer step (gradient accumulation); the calls accumulate until the pop.
-    """
-
-    def __init__(self, primary: str | None = None) -> None:
-        self.primary = primary
-        self._current = StepRecord()
-        self.total_completions = 0
-        self.total_parse_failures = 0
-
-    def record(
-        self,
-        name: str,
-        ious: Sequence[float],
-        datasets: Sequence[str | None] | None,
-        parse_failures: int,
-        texts: Sequence[str] | None = None,
-    ) -> None:
-        """Add one reward call's results under reward ``name`` (``texts``: the completions, for the samples
-        table)."""
-        n = len(ious)
-        if datasets is not None and len(datasets) != n:
-            raise ValueError(f"RewardTracker.record({name!r}): {n} IoUs but {len(datasets)} dataset names")
-        counts = self._current.per_reward.setdefault(
-            name, {"calls": 0, "completions": 0, "parse_failures": 0}
-        )
-        counts["calls"] += 1
-        counts["completions"] += n
-        counts["parse_failures"] += parse_failures
-        if self.primary is None:
-            self.primary = name
-        if name != self.primary:
-            return
-        self._current.ious.extend(float(v) for v in ious)
-        self._current.datasets.extend(datasets if datasets is not None else [None] * n)
-        self._current.texts.extend(texts if texts is not None else [""] * n)
-        self._current.parse_failures += parse_failures
-        self._current.completions += n
-        self.total_completions += n
-        self.total_parse_failures += parse_failures
-
-    def peek(self) -> StepRecord:
-        """The current (unpopped) record, without resetting it."""
-        return self._current
-
-    def pop_step(self) -> StepRecord:
-        """Everything recorded since the last pop; starts a new record."""
-        out, self._current = self._current, StepRecord()
-        return out
 
 
 # ---------------------------------------------------------------------------------------- format reward
@@ -285,17 +193,6 @@ def _ground_truth(kwargs: Mapping[str, Any], n: int, name: str) -> list[tuple[fl
     return out
 
 
-def _datasets(kwargs: Mapping[str, Any], n: int, name: str, required: bool) -> list[str | None] | None:
-    names = kwargs.get("dataset")
-    if names is None:
-        if required:
-            raise ValueError(f"{name}: a per-dataset schedule needs the 'dataset' column")
-        return None
-    if len(names) != n:
-        raise ValueError(f"{name}: {n} completions but {len(names)} 'dataset' values")
-    return list(names)
-
-
 def _score_ious(
     completions: Sequence[Any],
     kwargs: Mapping[str, Any],
@@ -308,7 +205,7 @@ def _score_ious(
     """Parse, compute IoU against ``bbox``, record in the tracker and log metrics. Unparseable -> IoU 0."""
     n = len(completions)
     gts = _ground_truth(kwargs, n, name)
-    datasets = _datasets(kwargs, n, name, need_ds)
+    datasets = dataset_column(kwargs, n, name, need_ds)
     ious, failures, texts = [], 0, []
     for c, gt in zip(completions, gts):
         texts.append(completion_text(c))
@@ -351,7 +248,7 @@ def make_iou_threshold_reward(
     """Binary accuracy reward (methods.md E2): 1.0 if IoU >= tau else 0.0 (``>`` when ``schedule.ge`` is False).
 
     tau is read from ``schedule.threshold`` at call time (or ``schedule.threshold_for(dataset)`` for a
-    :class:`~medloc_core.curriculum.PerDatasetSchedule`), so a raise applies to the next batch.
+    :class:`~medloc_core.curriculum.scheduler.PerDatasetSchedule`), so a raise applies to the next batch.
     """
     _check_parser(parser, name)
     per_dataset = _is_per_dataset(schedule)
@@ -387,7 +284,7 @@ def make_vtriune_reward(
     parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
     """V-Triune's single-box detection reward (methods.md §3): ``IoU * 1[IoU >= eps_t]`` with eps_t from the
-    schedule (normally a :class:`~medloc_core.curriculum.VTriuneSchedule`)."""
+    schedule (normally a :class:`~medloc_core.curriculum.scheduler.VTriuneSchedule`)."""
     _check_parser(parser, name)
     per_dataset = _is_per_dataset(schedule)
 
@@ -396,50 +293,6 @@ def make_vtriune_reward(
         taus = _thresholds(schedule, datasets, len(ious), name)
         ge = getattr(schedule, "ge", True)
         return [u if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
-
-    reward.__name__ = reward.__qualname__ = name
-    return reward
-
-
-def make_iou_shaped_reward(
-    schedule: Any,
-    tracker: RewardTracker | None = None,
-    *,
-    band: float = 0.1,
-    credits: Sequence[float] = (0.5, 0.25, 0.125),
-    name: str = "iou_shaped_reward",
-    parser: str = DEFAULT_REWARD_PARSER,
-) -> RewardFunc:
-    """Graded partial credit below the threshold: our adaptation to boxes of VRFT-Aug's "medically informed
-    reward shaping" (MFRS, methods.md §5), which gives partial credit that decays with the distance between the
-    predicted and the true ordinal grade.
-
-    Here the "grade distance" is how many bands of width ``band`` (IoU units) the IoU falls below tau:
-    reward = 1.0 if IoU >= tau, ``credits[d - 1]`` when ``0 < tau - IoU <= d * band`` for d = 1..len(credits),
-    else 0.0. A box that does not overlap the ground truth (IoU 0) and an unparseable answer score 0. With the defaults, at tau = 0.5 an IoU of 0.45 earns 0.5 and 0.35
-    earns 0.25.
-    """
-    if band <= 0:
-        raise ValueError(f"make_iou_shaped_reward: band must be > 0, got {band!r}")
-    credit_list = [float(c) for c in credits]
-    if any(not 0.0 <= c <= 1.0 for c in credit_list):
-        raise ValueError(f"make_iou_shaped_reward: credits must be in [0, 1], got {credit_list}")
-    _check_parser(parser, name)
-    per_dataset = _is_per_dataset(schedule)
-
-    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
-        taus = _thresholds(schedule, datasets, len(ious), name)
-        ge = getattr(schedule, "ge", True)
-        out = []
-        for u, t in zip(ious, taus):
-            if u >= t if ge else u > t:
-                out.append(1.0)
-                continue
-            # ceil with a tolerance so that a gap of exactly one band is grade 1, not 2.
-            grade = max(1, math.ceil((t - u) / band - 1e-9))
-            out.append(credit_list[grade - 1] if u > 0.0 and grade <= len(credit_list) else 0.0)
-        return out
 
     reward.__name__ = reward.__qualname__ = name
     return reward
@@ -459,13 +312,35 @@ def make_reward_for_schedule(
     return make_iou_threshold_reward(schedule, tracker, parser=parser)
 
 
-# Moved to medloc_core.medgrpo; still importable from here (lazily, so either module can be imported first).
-_MEDGRPO_NAMES = frozenset(["fit_medgrpo_stats", "make_medgrpo_normalized_reward", "medgrpo_normalize"])
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MEDGRPO_NAMES:
-        from medloc_core import medgrpo
-
-        return getattr(medgrpo, name)
-    raise AttributeError(name)
+def build_rewards(
+    schedule: Any,
+    tracker: RewardTracker,
+    *,
+    parser: str,
+    mix: str,
+    accuracy_weight: float,
+    format_weight: float,
+    format_reward: bool,
+    require_think: bool,
+    format_partial_credit: bool,
+    medgrpo_stats: Mapping[str, Sequence[float]] | None = None,
+    medgrpo_k: float = 3.0,
+) -> tuple[list[RewardFunc], list[float]]:
+    """The reward functions a GRPO run trains with and TRL's weights for them: the accuracy reward of
+    ``schedule`` (through MedGRPO's per-dataset logistic when ``medgrpo_stats`` holds fitted quartiles), then
+    the format reward when ``format_reward``; the weights follow ``mix`` (:func:`reward_weights`)."""
+    accuracy = make_reward_for_schedule(schedule, tracker, parser=parser)
+    if medgrpo_stats is not None:
+        accuracy = make_medgrpo_normalized_reward(
+            accuracy, {k: tuple(v) for k, v in medgrpo_stats.items()}, k=medgrpo_k
+        )
+    acc_w, fmt_w = reward_weights(mix, accuracy_weight, format_weight)
+    funcs, weights = [accuracy], [acc_w]
+    if format_reward:
+        funcs.append(
+            make_format_reward(
+                require_think=require_think, partial_credit=format_partial_credit, parser=parser
+            )
+        )
+        weights.append(fmt_w)
+    return funcs, weights

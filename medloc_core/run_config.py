@@ -2,12 +2,13 @@
 
 ZenML validates a run config's ``parameters:`` against these models while it composes the run, so an unknown or
 mistyped key anywhere (``extra="forbid"``) fails in seconds, named by its path (``training.curriculum.tau_0``),
-before any step starts. ``medloc train --config`` reads the same :class:`TrainingParams`.
+before any step starts. ``medloc train --config`` reads the same :class:`~medloc_core.training.config.TrainingConfig`, the object that
+runs: it is validated once, here, and handed to the trainer as is.
 
 One home per default: the preprocessing block is generated from ``data.preprocess.preprocess``'s keyword
-arguments, the training block from the ``training.TrainingConfig`` dataclass (its curriculum from
-``curriculum.CurriculumConfig``), the data block's quarantine limit is ``data.records.DEFAULT_MAX_QUARANTINE_
-FRACTION``; evaluation and registration defaults live here.
+arguments, the training block *is* ``training.config.TrainingConfig`` (its curriculum
+``curriculum.config.CurriculumConfig``), the evaluation block is ``evaluation.EvaluationConfig``, the data block's quarantine limit is ``data.records.DEFAULT_MAX_QUARANTINE_
+FRACTION``; registration defaults live here.
 
 Settings that must agree between stages travel with the data: answer style and the processor's pixel bounds (the
 input frame of the boxes) are the preprocessing's, read back from the manifest by training, evaluation (the
@@ -38,14 +39,14 @@ from pydantic import (
 )
 
 from medloc_core import masking
-from medloc_core.curriculum import CurriculumConfig
 from medloc_core.data.preprocess import check_options as check_preprocess_options
 from medloc_core.data.preprocess import preprocess
 from medloc_core.data.readers import FORMATS, READERS
-from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION, SPLITS
-from medloc_core.data.synth import KINDS, Difficulty, generate
-from medloc_core.evaluation import gate_metric_problem
-from medloc_core.tracking import export_medloc_home
+from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION
+from medloc_core.data.synth import KINDS, generate
+from medloc_core.data.synth_render import Difficulty
+from medloc_core.evaluation import EvaluationConfig, gate_metric_problem
+from medloc_core.paths import export_medloc_home
 from medloc_core.training.config import TrainingConfig
 
 
@@ -156,82 +157,7 @@ def preprocess_kwargs(config: BaseModel) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- training
 
 
-def _fields_of_dataclass(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        if f.default is not dataclasses.MISSING:
-            fields[f.name] = (hints[f.name], f.default)
-        else:
-            fields[f.name] = (hints[f.name], Field(default_factory=f.default_factory))
-    return fields
-
-
-#: ``training.curriculum:`` block: ``CurriculumConfig``'s fields and defaults (thresholds are IoUs in [0, 1]).
-CurriculumParams = create_model(
-    "CurriculumParams", __base__=_Strict, __module__=__name__, **_fields_of_dataclass(CurriculumConfig)
-)
-
-
-class AccelerateConfig(_Strict):
-    """``training.accelerate:`` block: ``accelerate launch`` options for multi-GPU training."""
-
-    num_processes: int = Field(default=1, ge=1)
-    mixed_precision: typing.Literal["no", "fp16", "bf16", "fp8"] | None = None
-    main_process_port: int | None = Field(default=None, ge=1, le=65535)
-    num_machines: int | None = Field(default=None, ge=1)
-    cpu: bool = False
-    extra_args: list[str] = Field(default_factory=list)
-
-
-class _TrainingBase(_Strict):
-    @model_validator(mode="after")
-    def _dataclass_rules(self) -> _TrainingBase:
-        # The cross-field rules (batch a multiple of the group, curriculum only for `medloc`, the TRL block...)
-        # live once, in TrainingConfig and CurriculumConfig; run them here so they fail at parse time too.
-        self.training_config().curriculum_config()
-        return self
-
-    def training_config(self, **overrides: Any) -> TrainingConfig:
-        """The ``TrainingConfig`` this block describes (``overrides`` replace fields)."""
-        values = self.model_dump(exclude={"accelerate", "curriculum"})
-        # Only what differs from CurriculumConfig's defaults (an empty block is no block, for any schedule).
-        values["curriculum"] = self.curriculum.model_dump(exclude_defaults=True) if self.curriculum else {}
-        return TrainingConfig(**{**values, **overrides})
-
-
-#: ``training:`` block: every ``TrainingConfig`` field (defaults there), ``curriculum`` (None: the curriculum's
-#: defaults) and ``accelerate`` (None: train in the step's own process).
-TrainingParams = create_model(
-    "TrainingParams",
-    __base__=_TrainingBase,
-    __module__=__name__,
-    **_fields_of_dataclass(TrainingConfig, skip=("curriculum",)),
-    curriculum=(CurriculumParams | None, None),
-    accelerate=(AccelerateConfig | None, None),
-)
-
-
 # ---------------------------------------------------------------------------------- evaluation, registry
-
-
-class EvaluationConfig(_Strict):
-    """``evaluation:`` block. Lengths in tokens; ``n_boot`` bootstrap resamples (0 = no intervals)."""
-
-    split: str = "test"
-    max_new_tokens: int = Field(default=128, ge=1, le=4096)
-    batch_size: int = Field(default=8, ge=1)
-    n_boot: int = Field(default=1000, ge=0)
-    evaluate_base: bool = True
-
-    @field_validator("split")
-    @classmethod
-    def _known_split(cls, value: str) -> str:
-        if value not in SPLITS:
-            raise ValueError(f"must be one of {SPLITS}")
-        return value
 
 
 class RegistrationConfig(_Strict):
@@ -270,7 +196,7 @@ FROM_PREPROCESSING = ("answer_style", "min_pixels", "max_pixels")
 BLOCKS: dict[str, type[BaseModel]] = {
     "data": DataConfig,
     "preprocessing": PreprocessingConfig,
-    "training": TrainingParams,
+    "training": TrainingConfig,
     "evaluation": EvaluationConfig,
     "registration": RegistrationConfig,
 }

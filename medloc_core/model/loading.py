@@ -8,7 +8,7 @@ loads with plain ``AutoProcessor`` where torchvision works.
 
 Images are resized by Qwen's ``smart_resize`` to multiples of 28 px with ``min_pixels <= h*w <= max_pixels``;
 boxes in prompts and completions are absolute pixels of that resized (model-input) frame. The offline CPU
-stand-in is built by ``medloc_core.standin`` (its names are re-exported here).
+stand-in is built by ``medloc_core.model.standin``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def qwen_fast_tokenizer(tokenizer_object: Any, *, model_max_length: int) -> Any:
     return fast
 
 
-def _image_only_processor_class():
+def image_only_processor_class():
     from transformers import Qwen2_5_VLProcessor
     from transformers.processing_utils import ProcessorMixin
 
@@ -220,33 +220,8 @@ def _rewrite_processor_class(folder: Path, image_processor: Any) -> None:
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-# The stand-in builder lives in medloc_core.standin; these names stay importable from here (lazily, so that
+# The stand-in builder lives in medloc_core.model.standin; these names stay importable from here (lazily, so that
 # importing either module first works).
-_STANDIN_NAMES = frozenset(
-    {
-        "NUMBER_PRETOKENIZE_REGEX",
-        "NUMBER_TOKEN_MAX",
-        "TINY_MAX_PIXELS",
-        "TINY_MIN_PIXELS",
-        "TINY_SIZES",
-        "TINY_VOCAB_SIZE",
-        "build_tiny_qwen25vl",
-        "build_tiny_tokenizer",
-        "ensure_tiny_model",
-    }
-)
-
-
-def __getattr__(name: str):  # lazy: importing transformers costs seconds
-    if name == "Qwen25VLImageOnlyProcessor":
-        return _image_only_processor_class()
-    if name in _STANDIN_NAMES:
-        from medloc_core import standin
-
-        return getattr(standin, name)
-    raise AttributeError(name)
-
-
 def pixel_bounds(processor: Any) -> tuple[int, int]:
     """``(min_pixels, max_pixels)`` of a Qwen2/2.5-VL processor's resize (its ``size`` dict or attributes)."""
     ip = processor.image_processor
@@ -289,7 +264,7 @@ def load_processor(name_or_path: str | os.PathLike, **kwargs: Any):
     except Exception as exc:  # torchvision missing -> video processor import/OSError
         auto_error = exc
     logger.debug("AutoProcessor failed for %s (%s); using the image-only processor", source, auto_error)
-    cls = _image_only_processor_class()
+    cls = image_only_processor_class()
     try:
         proc = cls.from_pretrained(source, **kwargs)
     except Exception as exc:
@@ -324,7 +299,7 @@ def load_model(
     """Load a Qwen2.5-VL (or any image-text-to-text) model, optionally with an adapter on top.
 
     ``name_or_path`` may itself be an adapter folder (``adapter_config.json`` from peft, or
-    ``mlae_config.json`` from :mod:`medloc_core.mlae`); its base model is then loaded from the path recorded in
+    ``mlae_config.json`` from :mod:`medloc_core.model.mlae`); its base model is then loaded from the path recorded in
     the adapter config. ``adapter_dir`` adds an adapter explicitly. With ``merge_adapter`` (default) the adapter
     is folded into the base weights, so the result is a plain model for inference.
     """
@@ -339,7 +314,7 @@ def load_model(
     )
     if adapter_dir is not None:
         model = attach_adapter(model, adapter_dir, merge=merge_adapter)
-    from medloc_core.cpu_kernels import linear_patch_embed
+    from medloc_core.model.cpu_kernels import linear_patch_embed
 
     linear_patch_embed(model)  # exact; the 3-D convolution it replaces dominated the stand-in's vision cost
     model.eval()
@@ -361,7 +336,7 @@ def attach_adapter(model, adapter_dir: str | os.PathLike, *, merge: bool = True)
     """Put a saved LoRA (peft) or MLAE adapter from ``adapter_dir`` on ``model``; merge it when asked."""
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "mlae_config.json").is_file():
-        from medloc_core import mlae
+        from medloc_core.model import mlae
 
         mlae.load_mlae(model, adapter_dir)
         if merge:

@@ -1,7 +1,7 @@
-"""The served model: the MLflow pyfunc ``MedLocGrounderModel`` (logged from code, ``serving_model.py``), its
+"""The served model: the MLflow pyfunc ``MedLocGrounderModel`` (logged from code, ``served_model.py``), its
 input handling (base64 image bytes only; one-line HTTP 400s), signature, input example and pinned requirements.
 
-``medloc_core.registry`` logs and registers it; this module is what runs on a serving host.
+``medloc_core.registry.versions`` logs and registers it; this module is what runs on a serving host.
 """
 
 from __future__ import annotations
@@ -149,12 +149,12 @@ class MedLocGrounderModel(PythonModel):
     parse. ``params`` may set ``max_new_tokens`` and ``batch_size``. A bad request raises :class:`BadRequest`
     (HTTP 400, one line).
 
-    Logged from code (``serving_model.py``, MLflow's models-from-code), never as a pickled object: loading the
+    Logged from code (``served_model.py``, MLflow's models-from-code), never as a pickled object: loading the
     model runs only this package's code, which travels with the model (``code_paths``).
     """
 
     # MLflow 3 wraps ``predict`` and warns unless it has type hints it can turn into a signature; this model
-    # declares an explicit signature at logging time (``_signature``) instead. The same opt-out MLflow's
+    # declares an explicit signature at logging time (``signature``) instead. The same opt-out MLflow's
     # ChatModel uses.
     _skip_type_hint_validation = True
 
@@ -165,7 +165,7 @@ class MedLocGrounderModel(PythonModel):
         self._predictor = None
 
     def load_context(self, context: Any) -> None:
-        from medloc_core.inference import BoxPredictor
+        from medloc_core.model.inference import BoxPredictor
 
         config = dict(getattr(context, "model_config", None) or {})
         self.answer_style = str(config.get("answer_style", self.answer_style))
@@ -228,7 +228,7 @@ class MedLocGrounderModel(PythonModel):
         return frame.astype({c: object for c in ("x1", "y1", "x2", "y2")})
 
 
-def _signature() -> Any:
+def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -250,7 +250,7 @@ def _signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def _input_example() -> pd.DataFrame:
+def input_example() -> pd.DataFrame:
     """One request in the served format: a small base64 PNG and a query."""
     from PIL import Image
 
@@ -258,9 +258,9 @@ def _input_example() -> pd.DataFrame:
     return pd.DataFrame({"image": [encode_image(image)], "query": ["Where is the lesion?"]})
 
 
-def _pip_requirements() -> list[str]:
+def pip_requirements() -> list[str]:
     """Pinned from the running environment: MLflow's inference of them costs ~10 s (stack.md §4). With the
-    package code in ``code_paths`` this is everything ``serving_model.py`` imports."""
+    package code in ``code_paths`` this is everything ``served_model.py`` imports."""
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []

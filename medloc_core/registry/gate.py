@@ -17,7 +17,7 @@ from typing import Any
 
 import mlflow
 
-from medloc_core.registry import (
+from medloc_core.registry.versions import (
     _MAX_TAG_VALUE,
     BASE_PREFIX,
     CHALLENGER,
@@ -33,6 +33,7 @@ from medloc_core.registry import (
     metrics_to_tags,
     version_metrics,
 )
+from medloc_core.tracking import DEAD_TAIL_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class PromotionDecision:
     unchanged: bool = False
 
 
-def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
+def metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
     if metrics is None or metric not in metrics:
         return None
     try:
@@ -55,6 +56,33 @@ def _metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | Non
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None  # NaN or ±inf is a broken evaluation, never a winner
+
+
+# Registration gate: a model this broken is never registered (it would only move @challenger to garbage).
+MAX_PARSE_FAILURE_RATE = 0.9
+TAG_SKIPPED = "medloc.registration.skipped"
+
+
+def registration_blockers(metrics: Mapping[str, Any], history: list[Mapping[str, Any]]) -> list[str]:
+    """Why the evaluated model must not be registered (empty list: register it).
+
+    ``metrics``: the evaluation (``eval/parse_failure_rate`` in [0, 1]); ``history``: the per-step training
+    rows (``train/frac_reward_zero_std``, the share of GRPO groups whose rewards all tie).
+    """
+    reasons = []
+    rate = metric_value(metrics, "eval/parse_failure_rate")
+    if rate is not None and rate >= MAX_PARSE_FAILURE_RATE:
+        reasons.append(
+            f"the model's answers failed to parse on {rate:.0%} of the test images "
+            f"(limit {MAX_PARSE_FAILURE_RATE:.0%})"
+        )
+    tail = [r.get("train/frac_reward_zero_std") for r in history[-DEAD_TAIL_STEPS:]]
+    tail = [float(v) for v in tail if v is not None and not math.isnan(float(v))]
+    if tail and len(tail) == min(DEAD_TAIL_STEPS, len(history)) and min(tail) >= 1.0:
+        reasons.append(
+            f"every GRPO group was dead (all rewards tied, no gradient) over the last {len(tail)} training steps"
+        )
+    return reasons
 
 
 def gain_key(metric: str) -> str:
@@ -66,9 +94,9 @@ def gain_key(metric: str) -> str:
 def _gain_is_significant(candidate: Mapping[str, Any], metric: str) -> tuple[bool, str]:
     """Whether the paired gain's 95 % lower bound is > 0, and one sentence that states the interval."""
     key = gain_key(metric)
-    gain = _metric_value(candidate, key)
-    low = _metric_value(candidate, f"{key}_ci_low")
-    high = _metric_value(candidate, f"{key}_ci_high")
+    gain = metric_value(candidate, key)
+    low = metric_value(candidate, f"{key}_ci_low")
+    high = metric_value(candidate, f"{key}_ci_high")
     if gain is None or low is None or high is None:
         return False, (
             f"no paired-bootstrap interval of the gain over the base model ({key}_ci_low/_ci_high): its "
@@ -110,13 +138,13 @@ def decide_promotion(
     if margin < 0 or math.isnan(margin):
         raise ValueError(f"margin must be >= 0, got {margin}")
     reasons: list[str] = []
-    cand = _metric_value(candidate, metric)
+    cand = metric_value(candidate, metric)
     if cand is None:
         raw = (candidate or {}).get(metric)
         what = f"a non-finite value ({raw})" if raw is not None else "no value"
         return PromotionDecision(False, [f"candidate has {what} for {metric}"])
     if require_beats_base:
-        base_value = _metric_value(base, metric)
+        base_value = metric_value(base, metric)
         if base_value is None:
             return PromotionDecision(
                 False, [f"base model has no value for {metric}; cannot check that the candidate beats it"]
@@ -134,7 +162,7 @@ def decide_promotion(
     if champion is None:
         reasons.append("there is no current champion")
         return PromotionDecision(True, reasons)
-    champ = _metric_value(champion, metric)
+    champ = metric_value(champion, metric)
     if champ is None:
         reasons.append(f"the current champion has no value for {metric}; not comparable")
         return PromotionDecision(False, reasons)
@@ -367,22 +395,23 @@ def register_and_promote(
     history_tail: list[Mapping[str, Any]],
     settings: Any,
 ) -> dict[str, Any]:
-    """A pipeline run's registration: refuse a broken model (``registry.registration_blockers``, tagged on the
+    """A pipeline run's registration: refuse a broken model (``registration_blockers``, tagged on the
     run), else register it as ``challenger`` (served with the prompt style and generation length it was
     evaluated with) and pass it through the gate. ``settings`` is a
     ``config.RegistrationConfig``. Returns ``{registered, promoted, reasons[, model_name, version]}``."""
     import mlflow
 
-    from medloc_core import registry
+    from medloc_core.registry import versions
+    from medloc_core.registry.gate import TAG_SKIPPED, registration_blockers
 
     if not settings.register_model:
         return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
-    blockers = registry.registration_blockers(metrics, history_tail)
+    blockers = registration_blockers(metrics, history_tail)
     if blockers:
-        mlflow.set_tag(registry.TAG_SKIPPED, "; ".join(blockers))
+        mlflow.set_tag(TAG_SKIPPED, "; ".join(blockers))
         logger.warning("Registration skipped, the model is broken: %s", "; ".join(blockers))
         return {"registered": False, "promoted": False, "reasons": blockers}
-    version = registry.log_and_register(
+    version = versions.log_and_register(
         model_dir,
         metrics,
         run_id=run_id,

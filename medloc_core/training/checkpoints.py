@@ -19,6 +19,7 @@ import shutil
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,17 @@ def latest_loadable_checkpoint(output_dir: Path, *, set_aside: bool = True) -> s
                 shutil.rmtree(target)
             folder.rename(target)
     return None
+
+
+def restore_curriculum(checkpoint: str | Path, schedule: Any) -> int:
+    """Load a checkpoint's ``curriculum_state.json`` into ``schedule`` (τ, the window, the raise count) and
+    return the optimizer step it was saved at; a checkpoint without it cannot be resumed exactly."""
+    state_file = Path(checkpoint) / CURRICULUM_STATE_NAME
+    if not state_file.is_file():
+        raise ValueError(f"{checkpoint}: no {CURRICULUM_STATE_NAME}; cannot resume the curriculum exactly")
+    payload = json.loads(state_file.read_text(encoding="utf-8"))
+    schedule.load_state_dict(payload["schedule"])
+    return int(payload["global_step"])
 
 
 def rotate(output_dir: Path, keep: int | None) -> list[Path]:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medloc_core.modeling import (
+from medloc_core.model.loading import (
     QWEN25VL_CHAT_TEMPLATE,
     QWEN_PRETOKENIZE_REGEX,
     QWEN_SPECIAL_TOKENS,
@@ -86,10 +86,10 @@ def build_qwen25vl_tokenizer() -> Any:
 
 def build_qwen25vl_processor(min_pixels: int, max_pixels: int) -> Any:
     """The image + text processor of Qwen2.5-VL (patch 14, merge 2, CLIP mean/std) around the real tokenizer,
-    torchvision-free (``modeling.Qwen25VLImageOnlyProcessor``), with the given resize bounds in pixels."""
+    torchvision-free (``loading.Qwen25VLImageOnlyProcessor``), with the given resize bounds in pixels."""
     from transformers import Qwen2VLImageProcessor
 
-    from medloc_core import modeling
+    from medloc_core.model import loading
 
     image_processor = Qwen2VLImageProcessor(
         min_pixels=min_pixels,
@@ -98,7 +98,7 @@ def build_qwen25vl_processor(min_pixels: int, max_pixels: int) -> Any:
         temporal_patch_size=2,
         merge_size=2,
     )
-    return modeling.Qwen25VLImageOnlyProcessor(
+    return loading.image_only_processor_class()(
         image_processor=image_processor,
         tokenizer=build_qwen25vl_tokenizer(),
         chat_template=QWEN25VL_CHAT_TEMPLATE,

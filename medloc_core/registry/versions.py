@@ -30,17 +30,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from medloc_core.evaluation import mlflow_key
-from medloc_core.serving import (  # noqa: F401  (re-exported: the served model's public names)
-    MODEL_ARTIFACT,
-    OUTPUT_COLUMNS,
-    BadRequest,
-    MedLocGrounderModel,
-    _input_example,
-    _pip_requirements,
-    _signature,
-    encode_image,
-    load_image,
-)
+from medloc_core.registry.serving import MODEL_ARTIFACT, input_example, pip_requirements, signature
 
 logger = logging.getLogger(__name__)
 
@@ -219,19 +209,19 @@ def log_and_register(
         ctx = mlflow.start_run(run_name="register-medloc-grounder")
     try:
         run = ctx.__enter__() if ctx is not None else active
-        # Models-from-code (no pickle): the model is serving_model.py plus this package as code_paths, so a
+        # Models-from-code (no pickle): the model is served_model.py plus this package as code_paths, so a
         # fresh environment built from the model's own requirements can load and serve it. MLflow loads it
         # and scores the input example once while logging: a registered model is known to answer.
-        package = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parents[1]  # medloc_core/
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(package / "serving_model.py"),
+            python_model=str(package / "registry" / "served_model.py"),
             model_config={"answer_style": answer_style, "max_new_tokens": max_new_tokens},
             code_paths=[str(package)],
             artifacts={MODEL_ARTIFACT: str(model_dir)},
-            signature=_signature(),
-            input_example=_input_example(),
-            pip_requirements=_pip_requirements(),
+            signature=signature(),
+            input_example=input_example(),
+            pip_requirements=pip_requirements(),
         )
         logged_run_id = run.info.run_id
     finally:
@@ -318,36 +308,6 @@ def require_alias(model: str, *, client: Any = None) -> None:
     raise NoModelAtAliasError(hint)
 
 
-# Registration gate: a model this broken is never registered (it would only move @challenger to garbage).
-MAX_PARSE_FAILURE_RATE = 0.9
-DEAD_TAIL_STEPS = 10
-TAG_SKIPPED = "medloc.registration.skipped"
-
-
-def registration_blockers(metrics: Mapping[str, Any], history: list[Mapping[str, Any]]) -> list[str]:
-    """Why the evaluated model must not be registered (empty list: register it).
-
-    ``metrics``: the evaluation (``eval/parse_failure_rate`` in [0, 1]); ``history``: the per-step training
-    rows (``train/frac_reward_zero_std``, the share of GRPO groups whose rewards all tie).
-    """
-    from medloc_core.promotion import _metric_value
-
-    reasons = []
-    rate = _metric_value(metrics, "eval/parse_failure_rate")
-    if rate is not None and rate >= MAX_PARSE_FAILURE_RATE:
-        reasons.append(
-            f"the model's answers failed to parse on {rate:.0%} of the test images "
-            f"(limit {MAX_PARSE_FAILURE_RATE:.0%})"
-        )
-    tail = [r.get("train/frac_reward_zero_std") for r in history[-DEAD_TAIL_STEPS:]]
-    tail = [float(v) for v in tail if v is not None and not math.isnan(float(v))]
-    if tail and len(tail) == min(DEAD_TAIL_STEPS, len(history)) and min(tail) >= 1.0:
-        reasons.append(
-            f"every GRPO group was dead (all rewards tied, no gradient) over the last {len(tail)} training steps"
-        )
-    return reasons
-
-
 def is_model_uri(model: str) -> bool:
     """True for MLflow model references (``models:/``, ``runs:/``, ``mlflow-artifacts:/``) or a local pyfunc folder."""
     if model.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts") and ":/" in model:
@@ -384,27 +344,3 @@ def resolve_model_dir(model: str | os.PathLike, *, dst: str | os.PathLike | None
             f"{text}: not a {MODEL_NAME} pyfunc model (no '{MODEL_ARTIFACT}' artifact in its MLmodel)"
         )
     return local / entry["path"]
-
-
-# Moved to medloc_core.promotion; still importable from here (lazily, so either module can be imported first).
-_PROMOTION_NAMES = frozenset(
-    [
-        "PromotionDecision",
-        "_metric_value",
-        "_promote_locked",
-        "_recheck_after_move",
-        "_record_decision",
-        "decide_promotion",
-        "decision_json",
-        "promote_if_better",
-        "promotion_lock",
-    ]
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PROMOTION_NAMES:
-        from medloc_core import promotion
-
-        return getattr(promotion, name)
-    raise AttributeError(name)
