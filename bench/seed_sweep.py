@@ -80,7 +80,8 @@ def run_seed(seed: int, config_path: str, work: str, threads: int, overrides: di
     _OVERRIDES.update(overrides)
     import pandas as pd
 
-    from medloc_core.evaluation import EvaluationConfig, evaluate_model, paired_gain
+    from medloc_core.evaluation.metrics import paired_gain
+    from medloc_core.evaluation.runner import EvaluationConfig, evaluate_model
     from medloc_core.run_config import PreprocessingConfig
     from medloc_core.training.config import TrainingConfig
     from medloc_core.training.session import train
@@ -91,12 +92,15 @@ def run_seed(seed: int, config_path: str, work: str, threads: int, overrides: di
     pre = PreprocessingConfig(**blocks["preprocessing"])
     frame = {"min_pixels": pre.min_pixels, "max_pixels": pre.max_pixels, "answer_style": pre.answer_style}
     cfg = TrainingConfig(
-        **blocks["training"],
-        **frame,
-        seed=seed,
-        tiny_model_dir=str(Path(work) / "models"),
-        progress=False,
-        torch_threads=threads,  # --threads 2 sums in another order: a stand-in for another CPU's float rounding
+        **{
+            **blocks["training"],
+            **frame,
+            "seed": seed,
+            "tiny_model_dir": str(Path(work) / "models"),
+            "progress": False,
+            # --threads 2 sums in another order: a stand-in for another CPU's float rounding
+            "torch_threads": threads,
+        }
     )
     t0 = time.perf_counter()
     result = train(prepared, cfg, folder, resume=False, metrics_sink=lambda m, s: None)

@@ -36,10 +36,7 @@ def trace(seed: int, work: Path, every: int, steps: int | None, n: int) -> list[
     steps = recipe["sft_warmup_steps"] if steps is None else steps
     prepared = common.synthetic_prepared(work / "data", n=n, seed=0, size=224, contrast=1.0, blur=0.0)
     base, processor = common.stand_in(work, seed)
-    splits = {
-        s: build_examples(train_rows(prepared, s), "answer")
-        for s in ("train", "val", "test")
-    }
+    splits = {s: build_examples(train_rows(prepared, s), "answer") for s in ("train", "val", "test")}
     torch.manual_seed(seed)
     model = loading.load_model(str(base), dtype="float32")
     rows: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """Training and evaluation figures (matplotlib, Agg backend, PNG).
 
 ``history`` is the per-step list of metric dicts that training produces (``TrainingResult.history``), with
-the keys of ``design/system.md``: ``step``, ``curriculum/threshold``, ``curriculum/hit_rate``,
+the keys of ``docs/architecture.md``: ``step``, ``curriculum/threshold``, ``curriculum/hit_rate``,
 ``curriculum/raised``, ``train/reward``, ``train/frac_reward_zero_std``, ``train/rewards/<func>/mean``, …
 A step without a key is skipped for that curve. Steps come from ``history[i]["step"]`` when present,
 else ``i + 1``.

@@ -45,7 +45,8 @@ from medloc_core.data.readers import FORMATS, READERS
 from medloc_core.data.records import DEFAULT_MAX_QUARANTINE_FRACTION
 from medloc_core.data.synth import KINDS, generate
 from medloc_core.data.synth_render import Difficulty
-from medloc_core.evaluation import EvaluationConfig, gate_metric_problem
+from medloc_core.evaluation.metrics import gate_metric_problem
+from medloc_core.evaluation.runner import EvaluationConfig
 from medloc_core.paths import export_medloc_home
 from medloc_core.training.config import TrainingConfig
 

@@ -21,7 +21,7 @@ from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
 from medloc_core import masking, run_config
-from medloc_core.evaluation import EvaluationConfig
+from medloc_core.evaluation.runner import EvaluationConfig
 from medloc_core.paths import export_medloc_home, medloc_home
 from medloc_core.run_config import DataConfig, PreprocessingConfig, RegistrationConfig
 from medloc_core.training.config import TrainingConfig
@@ -103,6 +103,9 @@ def medloc_training(
     """Train a grounding VLM with the MedLoc-R1 curriculum and register it behind a promotion gate."""
     embedded = embedded_parameters()
     data = data or run_config.parse_block("data", embedded["data"])
+    if data.sources is None:  # the bundled synthetic set: the embedded config's sources, its one home
+        embedded_data = run_config.parse_block("data", embedded["data"])
+        data = data.model_copy(update={"sources": embedded_data.sources})
     preprocessing = preprocessing or run_config.parse_block("preprocessing", embedded["preprocessing"])
     training = training or run_config.parse_block("training", embedded["training"])
     evaluation = evaluation or run_config.parse_block("evaluation", embedded["evaluation"])

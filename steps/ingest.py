@@ -14,14 +14,6 @@ from steps.mlflow_run import pipeline_mlflow_run
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SOURCES = [
-    {
-        "format": "ham10000",
-        "root": "${MEDLOC_HOME}/data/synth-ham10000",
-        "synth": {"kind": "ham10000", "n": 120, "seed": 0, "size": 224},
-    }
-]
-
 
 @step(experiment_tracker=True)
 def ingest_data(
@@ -36,7 +28,9 @@ def ingest_data(
 
     from medloc_core.data.sources import ingest_sources
 
-    sources = [s.model_dump(exclude_none=True) for s in config.sources] if config.sources else DEFAULT_SOURCES
+    if not config.sources:  # the pipeline fills in the embedded config's sources (the bundled synthetic set)
+        raise ValueError("data.sources: no dataset to ingest")
+    sources = [s.model_dump(exclude_none=True) for s in config.sources]
     records, quarantine, report = ingest_sources(
         sources, max_quarantine_fraction=config.max_quarantine_fraction
     )

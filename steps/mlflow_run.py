@@ -14,7 +14,8 @@ from typing import Any
 
 from zenml import get_step_context
 
-from infra.stacks import ensure_stack, local_stack_spec
+from infra.stack_specs import local_stack_spec
+from infra.stacks import ensure_stack
 from medloc_core import tracking
 
 logger = logging.getLogger(__name__)

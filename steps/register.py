@@ -30,7 +30,7 @@ def register_model(
     """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
     import mlflow
 
-    from medloc_core.registry.gate import register_and_promote
+    from medloc_core.registry.promote import register_and_promote
 
     folder = run_folder("registration")
     run = pipeline_mlflow_run()
@@ -45,7 +45,7 @@ def register_model(
         run_id=run.info.run_id,
         eval_set_hash=eval_set_hash,
         # serve with the prompt the model was trained and evaluated with (the preprocessing's answer style)
-        answer_style=manifest.get("options", manifest)["answer_style"],
+        answer_style=manifest["options"]["answer_style"],
         max_new_tokens=max_new_tokens,  # the evaluation's: the served model generates as it was measured
         history_tail=training_summary.get("history_tail", []),
         settings=config,

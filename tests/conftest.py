@@ -14,7 +14,7 @@ from s3_server import mlflow_s3, s3  # noqa: F401  (module fixtures: loopback S3
 @pytest.fixture(scope="session")
 def answering_model_dir(tmp_path_factory) -> str:
     """A stand-in trained (in code) to always answer ``ANSWER_BOX``: inference, registry and SFT tests."""
-    from test_inference import build_answering_model
+    from helpers import build_answering_model
 
     return build_answering_model(tmp_path_factory.getbasetemp())
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from medloc_core.boxes import Frame, smart_resize
-from medloc_core.data.preprocess import PREPARED_COLUMNS, assign_splits, preprocess
-from medloc_core.data.records import records_frame
+from medloc_core.data.preprocess import assign_splits, preprocess
+from medloc_core.data.records import PREPARED_COLUMNS, records_frame
 from medloc_core.data.templates import PRIOR_KNOWLEDGE
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import mask
 from PIL import Image
 
 from medloc_core.data.ingest import read_dataset
@@ -17,18 +18,6 @@ from medloc_core.data.records import RECORD_COLUMNS
 def rgb(path: Path, w: int = 40, h: int = 30) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((h, w, 3), 120, np.uint8)).save(path)
-    return path
-
-
-def mask(
-    path: Path, rect: tuple[int, int, int, int], w: int = 40, h: int = 30, fmt: str | None = None
-) -> Path:
-    """A 0/255 mask with foreground rows y1..y2-1, cols x1..x2-1 (rect = x1, y1, x2, y2 exclusive)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = np.zeros((h, w), np.uint8)
-    x1, y1, x2, y2 = rect
-    m[y1:y2, x1:x2] = 255
-    Image.fromarray(m, "L").save(path, format=fmt)
     return path
 
 

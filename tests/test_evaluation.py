@@ -8,19 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medloc_core.evaluation import (
+from medloc_core.evaluation.metrics import (
     PSEUDO_MAP_THRESHOLDS,
     accuracy_at,
     bootstrap_ci,
-    eval_set_hash,
     evaluate_ious,
-    log_prediction_grid,
     mean_iou,
     metrics_table,
     mlflow_key,
     mlflow_metrics,
     pseudo_map,
 )
+from medloc_core.evaluation.runner import eval_set_hash, log_prediction_grid
 
 
 def test_thresholds_are_the_ten_coco_steps():
@@ -175,7 +174,7 @@ def test_log_prediction_grid_writes_png(tmp_path):
 def test_paired_gain_is_per_image_and_has_a_paired_interval() -> None:
     import pandas as pd
 
-    from medloc_core.evaluation import paired_gain
+    from medloc_core.evaluation.metrics import paired_gain
 
     ids = [f"r{i}" for i in range(10)]
     base = pd.DataFrame({"record_id": ids, "iou": [0.2] * 10})

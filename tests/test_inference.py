@@ -7,47 +7,10 @@ be checked with exact numbers.
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
+from helpers import ANSWER_BOX, IMAGE_SIZES, answer_prompt, prepared_frame, random_image
 
 from medloc_core.boxes import Frame
-
-ANSWER_BOX = (14.0, 28.0, 42.0, 56.0)  # model-input pixels
-ANSWER_STYLE = "answer"
-QUERY = "Find the lesion."
-# Image sizes (h, w) the SFT sees; the tiny model generalises poorly to other sequence lengths.
-IMAGE_SIZES = ((100, 150), (300, 200), (60, 60))
-
-
-def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
-def build_answering_model(cache_dir) -> str:
-    """Tiny model trained (SFT, ~10 s on CPU) to always answer ``ANSWER_BOX``; cached on disk."""
-    from medloc_core.model.loading import load_model, load_processor
-    from medloc_core.model.standin import ensure_tiny_model
-    from medloc_core.prompts import build_prompt_text, chat_messages, target_completion
-    from medloc_core.training.sft import SFTExample, sft_warmup
-
-    out = cache_dir / "answering-model"
-    if (out / "config.json").is_file():
-        return str(out)
-    base = ensure_tiny_model(cache_dir / "tiny")
-    model, processor = load_model(base, dtype="float32"), load_processor(base)
-    target = target_completion(ANSWER_BOX, "lesion", answer_style=ANSWER_STYLE)
-    messages = chat_messages(build_prompt_text(QUERY, answer_style=ANSWER_STYLE))
-    examples = [
-        SFTExample(messages, random_image(h, w, seed=i), target) for i, (h, w) in enumerate(IMAGE_SIZES)
-    ]
-    sft_warmup(model, processor, examples, steps=50, batch_size=2, learning_rate=1e-2, progress=False)
-    tmp = out.with_name("answering-model.tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +20,10 @@ def predictor(answering_model_dir):
     return BoxPredictor(answering_model_dir, max_new_tokens=40)
 
 
-def _prompt() -> str:
-    from medloc_core.prompts import build_prompt_text
-
-    return build_prompt_text(QUERY, answer_style=ANSWER_STYLE)
-
-
 @pytest.mark.slow
 def test_predict_maps_boxes_back_to_original_pixels(predictor):
     images = [random_image(h, w, seed=10 + i) for i, (h, w) in enumerate(IMAGE_SIZES)]
-    results = predictor.predict(images, [_prompt()] * len(images), batch_size=2)
+    results = predictor.predict(images, [answer_prompt()] * len(images), batch_size=2)
     assert len(results) == 3
     for img, res in zip(images, results):
         assert res["box_input"] == ANSWER_BOX, res["completion"]
@@ -82,8 +39,8 @@ def test_predict_maps_boxes_back_to_original_pixels(predictor):
 @pytest.mark.slow
 def test_batching_does_not_change_greedy_answers(predictor):
     images = [random_image(h, w, seed=20 + i) for i, (h, w) in enumerate(IMAGE_SIZES)]
-    one_by_one = [r["completion"] for r in predictor.predict(images, [_prompt()] * 3, batch_size=1)]
-    batched = [r["completion"] for r in predictor.predict(images, [_prompt()] * 3, batch_size=3)]
+    one_by_one = [r["completion"] for r in predictor.predict(images, [answer_prompt()] * 3, batch_size=1)]
+    batched = [r["completion"] for r in predictor.predict(images, [answer_prompt()] * 3, batch_size=3)]
     assert one_by_one == batched
 
 
@@ -91,7 +48,7 @@ def test_unparseable_answer_gives_none(tiny_model_dir):
     from medloc_core.model.inference import BoxPredictor
 
     # the untrained tiny model answers with noise, never a box
-    res = BoxPredictor(tiny_model_dir, max_new_tokens=8).predict([random_image(60, 60)], [_prompt()])[0]
+    res = BoxPredictor(tiny_model_dir, max_new_tokens=8).predict([random_image(60, 60)], [answer_prompt()])[0]
     assert isinstance(res["completion"], str)
     assert res["box_input"] is None and res["box_original"] is None
 
@@ -99,40 +56,12 @@ def test_unparseable_answer_gives_none(tiny_model_dir):
 @pytest.mark.slow
 def test_predict_rejects_mismatched_inputs(predictor):
     with pytest.raises(ValueError, match="1 images but 2 prompt texts"):
-        predictor.predict([random_image(60, 60)], [_prompt(), _prompt()])
-
-
-def prepared_frame(tmp_path, *, answer_box_gt: bool = True) -> pd.DataFrame:
-    """Prepared records for 3 test images + 1 train image; GT = the model's answer for two of the test rows."""
-    rows = []
-    for i, (h, w) in enumerate(IMAGE_SIZES):
-        path = tmp_path / f"img{i}.png"
-        random_image(h, w, seed=30 + i).save(path)
-        frame = Frame.for_qwen(w, h, min_pixels=56 * 56, max_pixels=112 * 112)
-        gt = frame.to_original(ANSWER_BOX) if i < 2 else (0.0, 0.0, w / 10, h / 10)
-        rows.append(
-            {
-                "record_id": f"r{i}",
-                "dataset": "synth_a" if i < 2 else "synth_b",
-                "image_path": str(path),
-                "query": QUERY,
-                "prompt_text": _prompt(),
-                "x1": gt[0],
-                "y1": gt[1],
-                "x2": gt[2],
-                "y2": gt[3],
-                "image_width": w,
-                "image_height": h,
-                "split": "test",
-            }
-        )
-    rows.append({**rows[0], "record_id": "train0", "split": "train"})
-    return pd.DataFrame(rows)
+        predictor.predict([random_image(60, 60)], [answer_prompt(), answer_prompt()])
 
 
 @pytest.mark.slow
 def test_evaluate_model_end_to_end(tmp_path, answering_model_dir):
-    from medloc_core.evaluation import evaluate_model
+    from medloc_core.evaluation.runner import evaluate_model
 
     df = prepared_frame(tmp_path)
     metrics, preds = evaluate_model(
@@ -162,7 +91,7 @@ def test_evaluate_model_end_to_end(tmp_path, answering_model_dir):
 
 @pytest.mark.slow
 def test_evaluate_model_reports_bad_rows(tmp_path, answering_model_dir):
-    from medloc_core.evaluation import evaluate_model
+    from medloc_core.evaluation.runner import evaluate_model
 
     df = prepared_frame(tmp_path)
     df.loc[1, "image_path"] = str(tmp_path / "missing.png")

@@ -26,7 +26,8 @@ PIPELINE_SCRIPT = textwrap.dedent(
     import pandas as pd
     from zenml import pipeline, step
     from zenml.client import Client
-    from infra.stacks import ensure_stack, local_s3_stack_spec, secret_values_from_env
+    from infra.stack_specs import local_s3_stack_spec, secret_values_from_env
+    from infra.stacks import ensure_stack
 
     spec = local_s3_stack_spec(
         os.environ["MEDLOC_S3_ENDPOINT_URL"], os.environ["MEDLOC_S3_BUCKET"], os.environ["MEDLOC_MLFLOW_TRACKING_URI"],

@@ -7,7 +7,6 @@ artifacts (plots, quarantine report, manifest) are there.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,58 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import MAX_STEPS, env_for, shrunken_config, zenml_query
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_STEPS = 4
-
-
-def shrunken_config(tmp_path: Path) -> Path:
-    config = yaml.safe_load((REPO / "configs" / "medloc_training_local.yaml").read_text())
-    params = config["parameters"]
-    source = params["data"]["sources"][0]
-    source["root"] = str(tmp_path / "data" / "synth-ham10000")
-    source["synth"]["n"] = 30
-    # 120 SFT steps: enough for the stand-in to answer in the box format (a model that fails to parse on >= 90 %
-    # of the test images is never registered).
-    params["training"].update(
-        max_steps=MAX_STEPS, sft_warmup_steps=120, save_steps=2, log_completions_every=2
-    )
-    params["training"]["curriculum"]["window"] = 2
-    params["evaluation"]["n_boot"] = 100
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def env_for(tmp_path: Path, *, mlflow_uri: str | None = "") -> dict[str, str]:
-    """A subprocess environment with ZenML, MLflow and MedLoc state under ``tmp_path``.
-
-    ``mlflow_uri=""`` points MLflow at a SQLite file in ``tmp_path``; None leaves ``MLFLOW_TRACKING_URI`` unset.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZENML_", "MLFLOW_", "MEDLOC_", "AWS_"))}
-    env.update(
-        ZENML_ANALYTICS_OPT_IN="false",
-        ZENML_CONFIG_PATH=str(tmp_path / "zenml" / "config"),
-        ZENML_LOCAL_STORES_PATH=str(tmp_path / "zenml" / "stores"),
-        ZENML_LOGGING_COLORS_DISABLED="true",
-        ZENML_DISABLE_INTERACTIVE_INPUT="true",
-        MEDLOC_HOME=str(tmp_path / "home"),
-        HF_HUB_OFFLINE="1",
-    )
-    if mlflow_uri is not None:
-        env["MLFLOW_TRACKING_URI"] = mlflow_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return env
-
-
-def zenml_query(env: dict[str, str], code: str) -> object:
-    """Run ``code`` (which sets ``out``) against the ZenML store of ``env`` in a fresh interpreter and return
-    ``out``: the in-process ZenML client is a singleton bound to whichever store it saw first."""
-    script = f"import json\nfrom zenml.client import Client\n{code}\nprint(json.dumps(out))\n"
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow

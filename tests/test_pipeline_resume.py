@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_e2e import env_for, shrunken_config, zenml_query
+from helpers import env_for, shrunken_config, zenml_query
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 24

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import MAX_STEPS, env_for, shrunken_config
 from s3_server import MlflowServer, S3Server
-from test_pipeline_e2e import MAX_STEPS, env_for, shrunken_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,14 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from helpers import REPO, make_prepared
 
 from medloc_core.training.config import TrainingConfig
 from medloc_core.training.session import prepare_training
-
-try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
-    from test_training import REPO, make_prepared
-except ModuleNotFoundError:  # tests/ as a package
-    from tests.test_training import REPO, make_prepared
 
 MIN_CHANGED = 0.90
 

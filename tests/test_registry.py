@@ -2,142 +2,26 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ANSWER_BOX, ANSWER_STYLE, QUERY, M, g, m, prepared_frame, random_image
 from PIL import Image
 
 from medloc_core.boxes import Frame
-from medloc_core.registry import gate, versions
-from medloc_core.registry.gate import PromotionDecision, decide_promotion, promote_if_better
-from medloc_core.registry.serving import BadRequest, encode_image, load_image
+from medloc_core.registry import versions
+from medloc_core.registry.promote import promote_if_better
+from medloc_core.registry.serving import encode_image
 
-try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
-    from test_inference import ANSWER_BOX, ANSWER_STYLE, QUERY, prepared_frame, random_image
-except ModuleNotFoundError:  # tests/ as a package
-    from tests.test_inference import ANSWER_BOX, ANSWER_STYLE, QUERY, prepared_frame, random_image
-
-M = "eval/A@0.5"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def m(value: float | None, **extra: float) -> dict:
-    out = {} if value is None else {M: value}
-    return {**out, **extra}
-
-
-def g(value: float, gain: float = 10.0, low: float = 2.0, high: float = 18.0, **extra: float) -> dict:
-    """A candidate's metrics with the paired gain over the base model and its 95 % interval."""
-    return m(value, **{f"{G}": gain, f"{G}_ci_low": low, f"{G}_ci_high": high}, **extra)
-
-
-G = "eval/gain/A@0.5"
-
-
 # ------------------------------------------------------------------------------------ decision table
-
-DECISIONS = [
-    # (candidate, champion, base, margin, require_base, promote, reason fragment)
-    (g(60), None, m(20), 0.0, True, True, "there is no current champion"),
-    (m(60), None, None, 0.0, True, False, "base model has no value"),
-    (m(60), None, None, 0.0, False, True, "there is no current champion"),
-    (m(20), None, m(20), 0.0, True, False, "does not beat the base model"),  # tie with base
-    (m(10), None, m(20), 0.0, False, True, "there is no current champion"),  # base check off
-    (m(None), None, m(20), 0.0, True, False, "candidate has no value"),
-    (m(float("nan")), None, m(20), 0.0, True, False, "candidate has a non-finite value (nan)"),
-    (m(float("inf")), m(90), m(20), 0.0, True, False, "candidate has a non-finite value (inf)"),
-    (m(float("-inf")), None, m(20), 0.0, False, False, "non-finite"),
-    (g(60), m(float("nan")), m(20), 0.0, True, False, "champion has no value"),
-    (m(60), None, m(float("inf")), 0.0, True, False, "base model has no value"),
-    (g(60), m(50), m(20), 0.0, True, True, "beats the champion (50) by 10 > margin 0"),
-    (g(60), m(60), m(20), 0.0, True, False, "does not beat the champion"),  # tie with champion
-    (g(60), m(59.5), m(20), 1.0, True, False, "by more than margin 1"),  # below margin
-    (g(60), m(59), m(20), 1.0, True, False, "difference 1"),  # exactly the margin is not enough
-    (g(60.5), m(59), m(20), 1.0, True, True, "by 1.5 > margin 1"),
-    (g(60), m(70), m(20), 0.0, True, False, "does not beat the champion (70)"),
-    (g(60), m(None, **{"eval/mIoU": 0.5}), m(20), 0.0, True, False, "champion has no value"),
-    (m(15), m(10), m(20), 0.0, True, False, "does not beat the base model"),  # beats champion, not base
-    # the paired gain over the base must be significant (lower bound > 0); the reason states the interval
-    (
-        g(60, 3.4, -5.0, 12.6),
-        None,
-        m(56.6),
-        0.0,
-        True,
-        False,
-        "not significant: eval/gain/A@0.5 = +3.4 [-5, +12.6]",
-    ),
-    (g(60, 3.4, 0.0, 12.6), None, m(56.6), 0.0, True, False, "the interval reaches 0"),  # 0 is not above 0
-    (
-        g(60, 3.4, 0.1, 12.6),
-        None,
-        m(56.6),
-        0.0,
-        True,
-        True,
-        "significant: eval/gain/A@0.5 = +3.4 [+0.1, +12.6]",
-    ),
-    (
-        g(60, 3.4, -5.0, 12.6),
-        m(50),
-        m(56.6),
-        0.0,
-        True,
-        False,
-        "not significant",
-    ),  # beats champion, noise vs base
-    (m(60), None, m(20), 0.0, True, False, "no paired-bootstrap interval"),  # no interval: cannot tell
-    (
-        m(60, **{G: 40.0, f"{G}_ci_low": float("nan"), f"{G}_ci_high": 50.0}),
-        None,
-        m(20),
-        0.0,
-        True,
-        False,
-        "no paired",
-    ),
-    (
-        g(60, 3.4, -5.0, 12.6),
-        None,
-        m(56.6),
-        0.0,
-        False,
-        True,
-        "there is no current champion",
-    ),  # base check off
-]
-
-
-@pytest.mark.parametrize("candidate,champion,base,margin,require_base,promote,fragment", DECISIONS)
-def test_decide_promotion_table(candidate, champion, base, margin, require_base, promote, fragment):
-    decision = decide_promotion(candidate, champion, base, margin=margin, require_beats_base=require_base)
-    assert isinstance(decision, PromotionDecision)
-    assert decision.promote is promote
-    assert any(fragment in r for r in decision.reasons), decision.reasons
-
-
-def test_significance_check_can_be_turned_off():
-    cand, base = g(60, 3.4, -5.0, 12.6), m(56.6)
-    assert not decide_promotion(cand, None, base).promote  # on by default
-    assert decide_promotion(cand, None, base, require_significant_gain=False).promote
-
-
-def test_decide_promotion_other_metric_and_bad_margin():
-    cand = {"eval/A@0.8": 40.0, M: 10.0, "eval/gain/A@0.8": 35.0, "eval/gain/A@0.8_ci_low": 20.0}
-    cand["eval/gain/A@0.8_ci_high"] = 50.0
-    champ = {"eval/A@0.8": 30.0, M: 50.0}
-    base = {"eval/A@0.8": 5.0, M: 5.0}
-    assert decide_promotion(cand, champ, base, metric="eval/A@0.8").promote is True
-    assert decide_promotion(cand, champ, base).promote is False
-    with pytest.raises(ValueError, match="margin"):
-        decide_promotion(cand, champ, base, margin=-1)
 
 
 def test_metric_tags_round_trip():
@@ -160,68 +44,6 @@ def test_metric_tags_round_trip():
     assert base_tags == {"base/eval/A_at_0.5": "3.0"}
     assert versions.tags_to_metrics(base_tags, versions.BASE_PREFIX) == {M: 3.0}
     assert versions.tags_to_metrics(base_tags) == {}
-
-
-def test_load_image_takes_bytes_or_base64_never_a_path(tmp_path):
-    img = random_image(20, 30)
-    path = tmp_path / "x.png"
-    img.save(path)
-    b64 = encode_image(img)
-    for value in (b64, "data:image/png;base64," + b64, path.read_bytes()):
-        out = load_image(value)
-        assert out.size == (30, 20)
-        assert np.array_equal(np.asarray(out), np.asarray(img))
-    for value, fragment in (
-        (str(path), "must be base64-encoded image bytes (file paths are not accepted)"),
-        ("/etc/passwd", "file paths are not accepted"),
-        (base64.b64encode(b"not an image").decode(), "not a readable image"),
-        ("", "is empty"),
-        (12, "must be base64 text or bytes"),
-    ):
-        with pytest.raises(BadRequest, match=re.escape(fragment)) as err:
-            load_image(value, row=3)
-        assert err.value.get_http_status_code() == 400 and "\n" not in err.value.message
-        assert err.value.message.startswith("row 3: ")
-
-
-def test_oversized_images_are_refused_before_decoding(monkeypatch):
-    from medloc_core import images
-
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(BadRequest, match="over the limit of 100"):
-        load_image(encode_image(random_image(20, 30)))
-
-
-def test_bad_request_keeps_its_one_line_message_when_mlflow_rewrites_it():
-    err = BadRequest("row 0: column 'query' is empty")
-    err.message = "Failed to predict data '<a dump of the whole input>'. \nError: " + err.message
-    assert err.message == "row 0: column 'query' is empty"
-    assert json.loads(err.serialize_as_json())["message"] == "row 0: column 'query' is empty"
-    with pytest.raises(ValueError, match="not a readable image"):  # BadRequest is a ValueError too
-        load_image("aGVsbG8=")
-
-
-@pytest.mark.parametrize(
-    "message,fragment",
-    [
-        ("Failed to predict data '{\"query\": \"PAYLOAD\"}'. \nError: Model is missing inputs ['image'].", "['image']"),
-        ("Invalid input. Ensure that input is a valid JSON formatted string. Error: 'x'\nInput: \nPAYLOAD", "UTF-8 JSON"),
-        ("Failed to enforce schema of data 'PAYLOAD' with schema '...'", "signature"),
-        ("Encountered an unexpected error while evaluating the model. PAYLOAD", "could not score"),
-        ("something else entirely about PAYLOAD", "bad request"),
-    ],
-)  # fmt: skip
-def test_every_refused_request_is_one_line_without_the_payload(message, fragment):
-    from mlflow.exceptions import MlflowException
-
-    from medloc_core.registry.serving import one_line_error
-
-    text = one_line_error(MlflowException(message))
-    assert fragment in text and "PAYLOAD" not in text and "\n" not in text, text
-    assert (
-        one_line_error(BadRequest("row 0: column 'query' is empty"))
-        == "row 0: column 'query' is empty"
-    )
 
 
 def test_cli_constants_match_registry():
@@ -305,9 +127,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
     d = promote_if_better(v3, client=client)
     assert not d.promote and any("not comparable" in r for r in d.reasons)
     seen = []
-    d = promote_if_better(
-        v3, client=client, reevaluate=lambda mv: seen.append(mv.version) or m(95.0)
-    )
+    d = promote_if_better(v3, client=client, reevaluate=lambda mv: seen.append(mv.version) or m(95.0))
     assert not d.promote and seen == ["2"]
     with mlflow.start_run() as run:  # the decision is also logged as a text artifact of the active run
         d = promote_if_better(v3, client=client, reevaluate=lambda mv: m(50.0))
@@ -338,7 +158,7 @@ def test_register_and_promote_on_real_server(server_env, answering_model_dir):  
 
     # a pipeline registration whose gain over its base could be noise: registered, but it stays challenger,
     # although it beats the champion by far, and the decision states the interval
-    from medloc_core.registry.gate import register_and_promote
+    from medloc_core.registry.promote import register_and_promote
     from medloc_core.run_config import RegistrationConfig
 
     noisy = g(99.0, 3.4, -5.0, 12.6)
@@ -443,39 +263,6 @@ def test_predict_query_defaults_to_the_datasets_training_template() -> None:
         resolve_query("  ", "ham10000")
 
 
-@pytest.mark.parametrize(
-    ("metrics", "history", "fragment"),
-    [
-        ({"eval/parse_failure_rate": 0.95}, [], "failed to parse on 95%"),
-        ({"eval/parse_failure_rate": 0.90}, [], "failed to parse on 90%"),
-        (
-            {"eval/parse_failure_rate": 0.0},
-            [{"train/frac_reward_zero_std": 1.0}] * 12,
-            "every GRPO group was dead",
-        ),
-        ({"eval/parse_failure_rate": 0.89}, [{"train/frac_reward_zero_std": 0.5}] * 12, None),
-        # one live step among the last ten is enough: some group still had a gradient
-        (
-            {"eval/parse_failure_rate": 0.0},
-            [{"train/frac_reward_zero_std": 1.0}] * 9 + [{"train/frac_reward_zero_std": 0.75}],
-            None,
-        ),
-        # dead only before the last ten steps
-        (
-            {"eval/parse_failure_rate": 0.0},
-            [{"train/frac_reward_zero_std": 1.0}] * 5 + [{"train/frac_reward_zero_std": 0.0}] * 10,
-            None,
-        ),
-    ],
-)
-def test_registration_blockers(metrics, history, fragment) -> None:
-    reasons = gate.registration_blockers(metrics, history)
-    if fragment is None:
-        assert reasons == []
-    else:
-        assert len(reasons) == 1 and fragment in reasons[0], reasons
-
-
 @pytest.mark.slow
 def test_no_champion_is_a_one_line_message(server_env, answering_model_dir, tmp_path, capsys):  # noqa: F811
     from medloc_core import cli
@@ -502,7 +289,7 @@ def test_no_champion_is_a_one_line_message(server_env, answering_model_dir, tmp_
 
 _RACER = """
 import sys, time
-from medloc_core.registry.gate import promote_if_better
+from medloc_core.registry.promote import promote_if_better
 start, version = float(sys.argv[1]), sys.argv[2]
 time.sleep(max(0.0, start - time.time()))
 print(promote_if_better(version).promote)

@@ -24,16 +24,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import QUERY, random_image
+from mlflow_server import free_port
 
 from medloc_core.registry import versions
 from medloc_core.registry.serving import encode_image
-
-try:
-    from mlflow_server import free_port
-    from test_inference import QUERY, random_image
-except ModuleNotFoundError:
-    from tests.mlflow_server import free_port
-    from tests.test_inference import QUERY, random_image
 
 
 def _post(url: str, payload: object) -> tuple[int, str]:
@@ -191,7 +186,9 @@ def test_model_is_logged_from_code_not_pickled(mlflow_server_uri, tiny_model_dir
     assert mlmodel["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models-from-code
     assert (local / "served_model.py").is_file()
     assert mlmodel["config"] == {"answer_style": "think", "max_new_tokens": 8}
-    assert (local / "code" / "medloc_core" / "registry" / "versions.py").is_file()  # the package travels with the model
+    assert (
+        local / "code" / "medloc_core" / "registry" / "versions.py"
+    ).is_file()  # the package travels with the model
     assert (local / "input_example.json").is_file() or (local / "serving_input_example.json").is_file()
     requirements = (local / "requirements.txt").read_text()
     assert "mlflow==" in requirements and "torch==" in requirements

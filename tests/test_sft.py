@@ -7,19 +7,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+from helpers import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, make_prepared, random_image
 
 from medloc_core.model import loading
 from medloc_core.model.standin import build_tiny_qwen25vl
 from medloc_core.training import sft
 from medloc_core.training.rows import build_examples, train_rows
 from medloc_core.training.warmup import greedy_hit_rate
-
-try:  # the tests folder is a plain directory (rootdir/prepend import): its modules import by bare name
-    from test_inference import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, random_image
-    from test_training import make_prepared
-except ModuleNotFoundError:  # tests/ as a package
-    from tests.test_inference import ANSWER_BOX, ANSWER_STYLE, IMAGE_SIZES, QUERY, random_image
-    from tests.test_training import make_prepared
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +22,7 @@ def setup(tmp_path_factory):
     base = build_tiny_qwen25vl(root / "model")
     processor = loading.load_processor(str(base))
     rows = train_rows(make_prepared(root / "data", n=10))
-    examples = [
-        sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in build_examples(rows, "think")
-    ]
+    examples = [sft.SFTExample(e["prompt"], e["image"], e["target"]) for e in build_examples(rows, "think")]
     return base, processor, examples
 
 

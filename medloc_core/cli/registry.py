@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from medloc_core.evaluation import EvaluationConfig
+from medloc_core.evaluation.runner import EvaluationConfig
 from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
 
 _EVAL = EvaluationConfig()  # the evaluation defaults have one home: medloc_core.run_config
@@ -47,7 +47,8 @@ def _use_tracking_uri() -> str:
 
 def _cmd_promote(args: argparse.Namespace) -> int:
     from medloc_core.registry import versions
-    from medloc_core.registry.gate import decision_json, promote_if_better
+    from medloc_core.registry.gate import decision_json
+    from medloc_core.registry.promote import promote_if_better
 
     uri = _use_tracking_uri()
     decision = promote_if_better(
@@ -168,7 +169,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from medloc_core.evaluation import evaluate_model, metrics_table
+    from medloc_core.evaluation.metrics import metrics_table
+    from medloc_core.evaluation.runner import evaluate_model
     from medloc_core.registry import versions
 
     data = Path(args.data)

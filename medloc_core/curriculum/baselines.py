@@ -19,7 +19,7 @@ VTRIUNE_MEDICAL_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.10, 0.50), (0.
 
 
 class FixedSchedule(OneThreshold):
-    """Constant threshold (VLM-R1's binary reward; methods.md §2). ``stats``: threshold, hit_rate, iou_mean of
+    """Constant threshold (VLM-R1's binary reward; docs/method.md §5). ``stats``: threshold, hit_rate, iou_mean of
     the last step, raised (always False), num_raises (0)."""
 
     name = "fixed"
@@ -102,7 +102,7 @@ class RawIoUSchedule(OneThreshold):
 
 
 class VTriuneSchedule(OneThreshold):
-    """Progress-based threshold (V-Triune's dynamic IoU, methods.md §3): ``eps`` depends on step / total_steps.
+    """Progress-based threshold (V-Triune's dynamic IoU, docs/method.md §5): ``eps`` depends on step / total_steps.
 
     ``thresholds`` is a tuple of ``(max_progress, eps)``: eps applies while ``step / total_steps <= max_progress``;
     past the last bound the last eps applies. ``step`` counts completed optimizer steps; :meth:`observe`

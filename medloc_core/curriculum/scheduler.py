@@ -1,7 +1,7 @@
 """IoU-threshold schedules for the GRPO accuracy reward: the MedLoc-R1 curriculum and its baselines.
 
 The reward of a completion is ``1[IoU >= tau]`` (see ``medloc_core.rewards.grounding``); a schedule owns ``tau``.
-:class:`CurriculumScheduler` implements MedLoc-R1 (``../shared/research/methods.md`` §1(b)-(d)): a sliding window
+:class:`CurriculumScheduler` implements MedLoc-R1 (``docs/method.md`` §0-§2): a sliding window
 of the last N steps of IoUs, three readiness conditions (hit rate, stability, IoU margin) with
 threshold-dependent bounds P(tau) and S(tau), a decaying step size, half-window refresh after a raise and a
 freeze at tau_target. Baselines with the same interface: :class:`FixedSchedule` (VLM-R1, tau constant),
@@ -13,7 +13,7 @@ last observation), ``state_dict()`` and ``load_state_dict()`` (JSON-serializable
 
 IoUs are unitless values in [0, 1]. Only numpy is imported.
 
-Ambiguities of methods.md §1(i) that concern the caller rather than the config (the rest are listed in
+Ambiguities of docs/method.md §3 that concern the caller rather than the config (the rest are listed in
 :class:`CurriculumConfig`):
     A2  the reward reads ``threshold`` when it scores a batch; a raise in ``observe`` applies to the next batch.
     A9  the V-Triune baseline's thresholds are rescaled for medical data (:data:`VTRIUNE_MEDICAL_THRESHOLDS`).
@@ -38,7 +38,7 @@ _TAU_DECIMALS = 10
 
 
 class CurriculumScheduler(OneThreshold):
-    """MedLoc-R1's performance-aware IoU threshold (methods.md §1(c), lines 11-18).
+    """MedLoc-R1's performance-aware IoU threshold (docs/method.md §1).
 
     Call :meth:`observe` once per training step with that step's IoUs (all completions, all ranks, 0 for
     unparseable answers). The threshold it returns via :attr:`threshold` scores the *next* batch (A2).

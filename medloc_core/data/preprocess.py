@@ -20,20 +20,9 @@ import pandas as pd
 
 from medloc_core import masking
 from medloc_core.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Frame
-from medloc_core.data.records import RECORD_COLUMNS, SPLITS
+from medloc_core.data.records import PREPARED_COLUMNS, RECORD_COLUMNS, SPLITS
 from medloc_core.data.templates import default_query, prior_knowledge_for
 from medloc_core.prompts import ANSWER_STYLES, build_prompt_text
-
-PREPARED_COLUMNS = (
-    *RECORD_COLUMNS,
-    "prompt_text",
-    "input_width",
-    "input_height",
-    "in_x1",
-    "in_y1",
-    "in_x2",
-    "in_y2",
-)
 
 
 def _assign_free_groups(

@@ -37,6 +37,12 @@ RECORD_COLUMNS = (
     "label",
     "meta",
 )
+
+#: What preprocessing adds to a record: the prompt and the Qwen2.5-VL model-input frame (size, and the box in it).
+FRAME_COLUMNS = ("prompt_text", "input_width", "input_height", "in_x1", "in_y1", "in_x2", "in_y2")
+
+#: The prepared table's columns, in order (the one list: preprocessing writes it, training and evaluation read it).
+PREPARED_COLUMNS = (*RECORD_COLUMNS, *FRAME_COLUMNS)
 QUARANTINE_COLUMNS = ("source_file", "row", "field", "reason", "rows")
 SPLITS = ("train", "val", "test")
 DEFAULT_MAX_QUARANTINE_FRACTION = 0.2

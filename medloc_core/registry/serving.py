@@ -259,7 +259,7 @@ def input_example() -> pd.DataFrame:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned from the running environment: MLflow's inference of them costs ~10 s (stack.md §4). With the
+    """Pinned from the running environment: MLflow's inference of them costs ~10 s (measured). With the
     package code in ``code_paths`` this is everything ``served_model.py`` imports."""
     from importlib.metadata import PackageNotFoundError, version
 

@@ -1,19 +1,12 @@
-"""MLflow model registry: the ``medloc-grounder`` pyfunc model, registration, and the promotion gate.
+"""MLflow model registry I/O for ``medloc-grounder``: log the model folder (weights + processor) as a pyfunc
+from code (``served_model.py``), register it with its evaluation record (metrics on the MLflow 3 logged model:
+``eval/...``, the base model's ``eval_base/...``; the evaluation-set hash, run id and answer style as version tags)
+and alias ``challenger``; read a version's metrics back; resolve ``models:/`` URIs; retire versions a killed run
+left incomplete. The gate that moves ``champion`` is ``gate.py`` (decision) and ``promote.py`` (the move).
 
-* :func:`decide_promotion` is the pure rule: promote a candidate to ``champion`` only if it beats the base
-  model and beats the current champion by more than a margin on the same metric.
-* :class:`MedLocGrounderModel` is the MLflow pyfunc that predicts boxes from ``image`` + ``query`` columns.
-* :func:`log_and_register` logs the model folder (weights + processor) as a pyfunc, registers it as
-  ``medloc-grounder``, sets alias ``challenger``, logs the evaluation metrics as metrics of the MLflow 3 logged
-  model (``eval/...``, the base model's ``eval_base/...``) and the evaluation-set hash as a version tag.
-* :func:`promote_if_better` applies the rule against the current champion's metrics, records the decision and
-  moves alias ``champion`` when it passes.
-
-Metric values are in the units of :mod:`medloc_core.evaluation` (A@τ and pseudo-mAP in percent, mIoU 0-1).
-MLflow rejects ``@`` in metric names, so ``eval/A@0.5`` is stored as ``eval/A_at_0.5`` (``evaluation.mlflow_key``)
-and read back with the inverse mapping. Versions registered before the metrics moved to the logged model (and
-hand-made ones) carry them as version tags; :func:`version_metrics` reads those too. Predicted boxes are ``(x1, y1, x2, y2)`` in
-original-image pixels.
+MLflow rejects ``@`` in metric names, so ``eval/A@0.5`` is stored as ``eval/A_at_0.5`` (``evaluation.metrics.
+mlflow_key``) and read back with the inverse mapping. Versions registered before the metrics moved to the logged
+model (and hand-made ones) carry them as version tags; :func:`version_metrics` reads those too.
 """
 
 from __future__ import annotations
@@ -29,7 +22,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from medloc_core.evaluation import mlflow_key
+from medloc_core.evaluation.metrics import mlflow_key
 from medloc_core.registry.serving import MODEL_ARTIFACT, input_example, pip_requirements, signature
 
 logger = logging.getLogger(__name__)

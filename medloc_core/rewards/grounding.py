@@ -115,7 +115,7 @@ def make_format_reward(
     name: str = "format_reward",
     parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
-    """Format reward (methods.md E3): 1.0 or 0.0.
+    """Format reward (docs/method.md §5): 1.0 or 0.0.
 
     ``parser="vlmr1"`` (default): VLM-R1's REC rule, ``re.search`` of :data:`VLMR1_FORMAT_PATTERN` (text
     before and after allowed; ``<think>...</think>``, whitespace, then ``<answer>`` holding ``{ ... [d, d, d,
@@ -245,7 +245,7 @@ def make_iou_threshold_reward(
     name: str = "iou_accuracy_reward",
     parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
-    """Binary accuracy reward (methods.md E2): 1.0 if IoU >= tau else 0.0 (``>`` when ``schedule.ge`` is False).
+    """Binary accuracy reward (docs/method.md §0): 1.0 if IoU >= tau else 0.0 (``>`` when ``schedule.ge`` is False).
 
     tau is read from ``schedule.threshold`` at call time (or ``schedule.threshold_for(dataset)`` for a
     :class:`~medloc_core.curriculum.scheduler.PerDatasetSchedule`), so a raise applies to the next batch.
@@ -283,7 +283,7 @@ def make_vtriune_reward(
     name: str = "vtriune_iou_reward",
     parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
-    """V-Triune's single-box detection reward (methods.md §3): ``IoU * 1[IoU >= eps_t]`` with eps_t from the
+    """V-Triune's single-box detection reward (docs/method.md §5): ``IoU * 1[IoU >= eps_t]`` with eps_t from the
     schedule (normally a :class:`~medloc_core.curriculum.scheduler.VTriuneSchedule`)."""
     _check_parser(parser, name)
     per_dataset = _is_per_dataset(schedule)

@@ -1,4 +1,4 @@
-"""MedGRPO's cross-dataset reward normalisation (methods.md §4): a per-dataset logistic of the raw reward with
+"""MedGRPO's cross-dataset reward normalisation (docs/method.md §6): a per-dataset logistic of the raw reward with
 quartiles fitted on the starting model's completions and kept fixed during RL.
 """
 
@@ -15,7 +15,7 @@ from medloc_core.rewards.columns import RewardFunc, dataset_column
 def medgrpo_normalize(
     x: Any, p25: Any, p50: Any, p75: Any, k: float = 3.0, eps: float = 1e-6
 ) -> float | np.ndarray:
-    """MedGRPO's per-dataset logistic normalization (methods.md §4): ``1 / (1 + exp(-k (x - p50) / IQR))``.
+    """MedGRPO's per-dataset logistic normalization (docs/method.md §6): ``1 / (1 + exp(-k (x - p50) / IQR))``.
 
     ``IQR = p75 - p25``, floored at ``eps`` so a dataset whose quartiles coincide does not divide by 0.
     Output is in [0, 1], 0.5 at the median. Vectorized (numpy broadcasting); returns a float for scalar input.

@@ -10,7 +10,7 @@ Wiring (``train``):
 3. ``GRPOTrainer`` gets the format reward and the accuracy reward of the chosen schedule
    (``medloc_core.rewards.grounding``). The reward reads τ from the schedule when a batch is scored; a
    :class:`CurriculumCallback` pops the :class:`~medloc_core.rewards.tracker.RewardTracker` after every optimizer step,
-   gathers the IoUs of all ranks (methods.md A13), feeds them to ``schedule.observe`` and so a raise applies
+   gathers the IoUs of all ranks (docs/method.md §3 A13), feeds them to ``schedule.observe`` and so a raise applies
    from the next batch on (A2). It emits one metrics dict per step to ``metrics_sink`` and
    ``output_dir/history.jsonl``.
 4. Checkpoints (``save_steps``) hold the trainer state plus ``curriculum_state.json``; ``resume=True`` continues
@@ -21,7 +21,7 @@ Wiring (``train``):
    ``modeling.load_model`` + ``modeling.load_processor``; LoRA/MLAE adapters are also kept in
    ``final/adapter``.
 
-KL β defaults to 0.04 (VLM-R1's value); the MedLoc-R1 digest says 0.4 (ambiguity A7 in methods.md §1(i)).
+KL β defaults to 0.04 (VLM-R1's value); the MedLoc-R1 digest says 0.4 (ambiguity A7 in docs/method.md §3).
 
 Modules, in reading order: ``session`` (the table of builders), ``config``, ``rows``, ``warmup`` (SFT warm-up,
 MedGRPO fit), ``sft``, ``trainer``, ``callbacks``, ``checkpoints``, ``launch``; the

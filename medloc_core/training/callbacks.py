@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 MetricsSink = Callable[[dict[str, float], int], None]
 
 
-# Keys the curriculum contributes per step (system.md); the schedule's stats key -> metric name.
+# Keys the curriculum contributes per step (docs/architecture.md); the schedule's stats key -> metric name.
 _CURRICULUM_STATS = {
     "hit_rate": "curriculum/hit_rate",
     "reward_std": "curriculum/reward_std",

@@ -9,24 +9,12 @@ import math
 from typing import Any
 
 from medloc_core import prompts
+from medloc_core.data.records import FRAME_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 
-REQUIRED_COLUMNS = (
-    "record_id",
-    "dataset",
-    "image_path",
-    "split",
-    "prompt_text",
-    "label",
-    "input_width",
-    "input_height",
-    "in_x1",
-    "in_y1",
-    "in_x2",
-    "in_y2",
-)
+REQUIRED_COLUMNS = ("record_id", "dataset", "image_path", "split", "label", *FRAME_COLUMNS)
 
 
 def _check_columns(df: Any) -> None:

@@ -1,4 +1,4 @@
-"""SFT warm-up before GRPO: behavioural imitation of the ideal answer (VRFT-Aug, methods.md §5).
+"""SFT warm-up before GRPO: behavioural imitation of the ideal answer (VRFT-Aug, docs/method.md §7).
 
 A plain PyTorch loop of teacher-forced cross-entropy on ``prompts.target_completion`` targets (the
 ground-truth box in the model-input frame, pixels, xyxy), loss on the completion tokens only. It makes a

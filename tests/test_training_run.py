@@ -1,26 +1,21 @@
-"""GRPO training on the tiny offline Qwen2.5-VL: config, curriculum wiring, resume, adapters, GPU options."""
+"""GRPO training runs on the tiny offline Qwen2.5-VL after one SFT warm-up: the curriculum trace, kill and resume,
+adapters, the GPU recipe's options, per-dataset thresholds and MedGRPO, accelerate launch, damaged checkpoints."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+from helpers import REPO, make_prepared
 
-from medloc_core import prompts  # noqa: E402
 from medloc_core.training.config import TrainingConfig
-from medloc_core.training.rows import check_frames, train_rows
-from medloc_core.training.trainer import build_grpo_config
 
-REPO = Path(__file__).resolve().parents[1]
 REQUIRED_METRICS = {
     "curriculum/threshold",
     "curriculum/hit_rate",
@@ -44,51 +39,6 @@ REQUIRED_METRICS = {
 FORCED = {"window": 2, "use_reward_check": False, "use_stability_check": False, "use_margin_check": False}
 
 
-def make_prepared(
-    folder: Path, n: int = 16, size: int = 112, datasets=("synth",), seed: int = 0
-) -> pd.DataFrame:
-    """A prepared table like the data pipeline's: one bright blurred ellipse per noisy 112x112 image."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        arr = np.clip(rng.normal(70, 12, (size, size)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr).convert("RGB")
-        w, h = (int(v) for v in rng.integers(14, 40, 2))
-        x1, y1 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-        v = int(rng.integers(180, 240))
-        ImageDraw.Draw(img).ellipse([x1, y1, x1 + w, y1 + h], fill=(v, v, v))
-        path = folder / f"img{i}.png"
-        img.filter(ImageFilter.GaussianBlur(1)).save(path)
-        query = "Locate the bright blob in the image."
-        rows.append(
-            dict(
-                record_id=f"r{i}",
-                dataset=datasets[i % len(datasets)],
-                image_path=str(path),
-                query=query,
-                x1=x1,
-                y1=y1,
-                x2=x1 + w,
-                y2=y1 + h,
-                image_width=size,
-                image_height=size,
-                group_id=f"g{i}",
-                split="train" if i < n - 2 else "test",
-                meta="{}",
-                prompt_text=prompts.build_prompt_text(query),
-                input_width=size,
-                input_height=size,
-                in_x1=float(x1),
-                in_y1=float(y1),
-                in_x2=float(x1 + w),
-                in_y2=float(y1 + h),
-                label="bright blob",
-            )
-        )
-    return pd.DataFrame(rows)
-
-
 def _cfg(**kw) -> TrainingConfig:
     base = dict(
         use_cpu=True, progress=False, beta=0.0, save_steps=0, learning_rate=3e-4, max_completion_length=48
@@ -99,78 +49,6 @@ def _cfg(**kw) -> TrainingConfig:
 
 def _training_section(name: str) -> dict:
     return yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["training"]
-
-
-# ------------------------------------------------------------------------------------------ fast tests
-
-
-def test_config_rejects_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(ValueError, match="bogus\n  Extra inputs are not permitted"):
-        TrainingConfig.model_validate({"bogus": 1})
-    with pytest.raises(ValueError, match="multiple of num_generations"):
-        TrainingConfig.model_validate({"num_generations": 4, "per_device_train_batch_size": 6})
-    with pytest.raises(ValueError, match="schedule"):
-        TrainingConfig.model_validate({"schedule": "cosine"})
-    with pytest.raises(ValueError, match="only applies to schedule 'medloc'"):
-        TrainingConfig.model_validate({"schedule": "fixed", "curriculum": {"window": 5}})
-    with pytest.raises(ValueError, match="learning_rate"):
-        TrainingConfig.model_validate({"learning_rate": "fast"})
-    with pytest.raises(ValueError, match="curriculum.windw"):
-        TrainingConfig.model_validate({"curriculum": {"windw": 3}})
-    with pytest.raises(ValueError, match="target_modules"):
-        TrainingConfig.model_validate({"target_modules": []})
-    assert TrainingConfig(target_modules=r".*\.q_proj").target_modules_arg == r".*\.q_proj"
-    with pytest.raises(ValueError, match="torch_threads"):
-        TrainingConfig(torch_threads=0)
-    cfg = TrainingConfig.model_validate({"learning_rate": "1e-6", "max_steps": 10.0})
-    assert cfg.learning_rate == 1e-6 and cfg.max_steps == 10 and isinstance(cfg.max_steps, int)
-    assert TrainingConfig().beta == 0.04  # VLM-R1's value (A7), not the digest's 0.4
-
-
-def test_repo_configs_load() -> None:
-    gpu = TrainingConfig.model_validate(_training_section("medloc_training_gpu.yaml"))
-    assert gpu.model_name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
-    assert (gpu.num_generations, gpu.temperature, gpu.learning_rate, gpu.beta) == (8, 0.9, 1e-6, 0.04)
-    assert gpu.bf16 and gpu.gradient_checkpointing and not gpu.use_cpu
-    assert gpu.curriculum_settings.tau0 == 0.3
-    local = TrainingConfig.model_validate(_training_section("medloc_training_local.yaml"))
-    assert local.model_name_or_path == "tiny-grounder" and local.is_tiny and local.use_cpu
-    assert local.sft_warmup_steps > 0 and local.sft_stop_hit_rate is not None
-    assert local.per_device_train_batch_size % local.num_generations == 0
-
-
-def test_vllm_requested_without_vllm_is_a_clear_error(tmp_path) -> None:
-    pytest.importorskip("trl")
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vLLM is installed here")
-    with pytest.raises(ValueError, match="vLLM is not installed"):
-        build_grpo_config(_cfg(use_vllm=True), tmp_path, [1.0, 1.0])
-
-
-def test_train_rows_errors_name_the_record(tmp_path) -> None:
-    df = make_prepared(tmp_path / "img", n=4)
-    assert len(train_rows(df)) == 2
-    with pytest.raises(ValueError, match="missing column.*in_x1"):
-        train_rows(df.drop(columns=["in_x1"]))
-    with pytest.raises(ValueError, match="no split=='train' rows"):
-        train_rows(df.assign(split="test"))
-    bad = df.copy()
-    bad.loc[1, "in_x2"] = bad.loc[1, "in_x1"] - 1
-    with pytest.raises(ValueError, match="record_id='r1'"):
-        train_rows(bad)
-
-
-def test_frames_must_match_the_processor(tmp_path) -> None:
-    from medloc_core.model import loading
-    from medloc_core.model.standin import ensure_tiny_model
-
-    proc = loading.load_processor(ensure_tiny_model(tmp_path / "models"))
-    df = make_prepared(tmp_path / "img", n=4)
-    check_frames(train_rows(df), proc)
-    with pytest.raises(ValueError, match="record_id='r0'.*224x224.*max_pixels=12544"):
-        check_frames(train_rows(df.assign(input_width=224, input_height=224)), proc)
 
 
 # ------------------------------------------------------------------------------------------ GRPO runs
@@ -540,47 +418,3 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data
     assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6] and result.steps == 6
     # rotation kept the two newest complete checkpoints
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
-
-
-def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_path) -> None:
-    from medloc_core.training.trainer import build_grpo_config
-
-    cfg = _cfg(
-        top_k=50,
-        temperature=0.7,
-        lr_scheduler_type="linear",
-        trl={"epsilon_high": 0.28, "mask_truncated_completions": True},
-    )
-    args = build_grpo_config(cfg, tmp_path, [1.0, 0.5])
-    assert (args.top_k, args.temperature, args.lr_scheduler_type) == (50, 0.7, "linear")
-    assert (args.epsilon_high, args.mask_truncated_completions) == (0.28, True)
-    assert args.reward_weights == [1.0, 0.5] and args.use_bias_correction_kl is False
-    with pytest.raises(ValueError, match="'epsilon_hi' is not a TRL GRPOConfig option"):
-        _cfg(trl={"epsilon_hi": 0.3})
-    with pytest.raises(ValueError, match="'beta' is set by the pipeline or by training.beta"):
-        _cfg(trl={"beta": 0.1})
-
-
-def test_dead_groups_split_into_all_hit_and_all_miss_at_the_step_threshold() -> None:
-    from medloc_core.curriculum import make_schedule
-    from medloc_core.training.callbacks import dead_group_split
-
-    ious = [0.6, 0.7, 0.1, 0.0, 0.6, 0.1, 0.5, 0.5]  # groups of 2: all hit, all miss, live, all hit (>=)
-    fixed = make_schedule("fixed", tau=0.5)
-    assert dead_group_split(ious, [None] * 8, 2, fixed, {}, 0.5) == {
-        "train/dead_all_hit": 0.5,
-        "train/dead_all_miss": 0.25,
-    }
-    raw = make_schedule("raw_iou")  # no τ: only groups of zero IoU are dead (all miss)
-    assert dead_group_split([0.0, 0.0, 0.3, 0.0], [None] * 4, 2, raw, {}, None) == {
-        "train/dead_all_hit": 0.0,
-        "train/dead_all_miss": 0.5,
-    }
-
-    class PerDataset:
-        per_dataset = True
-
-    split = dead_group_split(
-        [0.4, 0.45, 0.4, 0.45], ["a", "a", "b", "b"], 2, PerDataset(), {"a": 0.3, "b": 0.5}, 0.4
-    )
-    assert split == {"train/dead_all_hit": 0.5, "train/dead_all_miss": 0.5}  # each group at its dataset's τ
