@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from medloc_core.images import load_rgb
+
 GT_COLOR = "#00c000"  # green
 PRED_COLOR = "#ff0000"  # red
 DPI = 100
@@ -234,7 +236,6 @@ def plot_predictions_from_frames(
     ``pred_x1..pred_y2`` (NaN = unparsed, drawn as no box) and ``iou``; both in original-image pixels, joined on
     ``record_id``. Titles show the dataset and the IoU.
     """
-    from medloc_core.images import load_rgb
 
     if len(predictions) == 0:
         raise ValueError("plot_predictions_from_frames: no predictions")

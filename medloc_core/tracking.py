@@ -145,7 +145,7 @@ def log_training_result(result: Mapping[str, Any], folder: Path, schedule: str) 
     metrics; the summary carries the last steps' dead-group rates for the registration gate."""
     import mlflow
 
-    from medloc_core import plots
+    from medloc_core import plots  # lazy: matplotlib costs a second at import
 
     if result.get("resumed_from"):
         # Steps before the crash went to the crashed run's MLflow run; copy them so this trace is complete.

@@ -9,7 +9,9 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from medloc_core.evaluation.runner import EvaluationConfig
+from medloc_core.evaluation.metrics import mlflow_metrics, paired_gain
+from medloc_core.evaluation.runner import EvaluationConfig, eval_set_hash, log_prediction_grid
+from medloc_core.evaluation.runner import evaluate_model as evaluate
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
@@ -21,10 +23,6 @@ def evaluate_model(
 ) -> tuple[Annotated[dict, "metrics"], Annotated[dict, "base_metrics"], Annotated[str, "eval_set_hash"]]:
     """Evaluate on the held-out split; log metrics, predictions and a grid of boxes drawn on test images."""
     import mlflow
-
-    from medloc_core.evaluation.metrics import mlflow_metrics, paired_gain
-    from medloc_core.evaluation.runner import eval_set_hash, log_prediction_grid
-    from medloc_core.evaluation.runner import evaluate_model as evaluate
 
     split = config.split
     options = config.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})

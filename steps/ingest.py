@@ -9,6 +9,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
+from medloc_core.data.sources import ingest_sources
 from medloc_core.run_config import DataConfig
 from steps.mlflow_run import pipeline_mlflow_run
 
@@ -25,8 +26,6 @@ def ingest_data(
 ]:
     """Read each configured source with its real-format reader; bad rows go to the quarantine table."""
     import mlflow
-
-    from medloc_core.data.sources import ingest_sources
 
     if not config.sources:  # the pipeline fills in the embedded config's sources (the bundled synthetic set)
         raise ValueError("data.sources: no dataset to ingest")

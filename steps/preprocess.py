@@ -9,6 +9,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
+from medloc_core.data.preprocess import preprocess
 from medloc_core.run_config import PreprocessingConfig, preprocess_kwargs
 from steps.mlflow_run import pipeline_mlflow_run
 
@@ -20,8 +21,6 @@ def preprocess_data(
     """Split by patient/lesion group, build prompts, add input-frame boxes; return the table and a manifest
     (which carries answer style and pixel bounds on to training, evaluation and registration)."""
     import mlflow
-
-    from medloc_core.data.preprocess import preprocess
 
     settings = preprocess_kwargs(config)  # every field after defaults: logged as params below
     prepared, manifest = preprocess(records, **settings)

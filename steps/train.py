@@ -17,7 +17,9 @@ from zenml import step
 
 from medloc_core import locks, tracking
 from medloc_core.run_config import FROM_PREPROCESSING
-from medloc_core.training.config import TrainingConfig
+from medloc_core.training.config import TrainingConfig, resolve_model_path
+from medloc_core.training.launch import launch_training
+from medloc_core.training.session import train
 from steps.mlflow_run import pipeline_mlflow_run
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,6 @@ def train_model(
     Annotated[dict, "training_summary"],
 ]:
     """Fine-tune the policy with GRPO; log params, the per-step curriculum trace and training plots."""
-    from medloc_core.training.config import resolve_model_path
-    from medloc_core.training.launch import launch_training
-    from medloc_core.training.session import train
 
     # The prompts' answer style and the processor's resize bounds are the preprocessing's (the boxes were framed
     # with them); they come from the manifest, never from a second copy of the setting.

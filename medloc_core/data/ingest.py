@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from medloc_core.data.readers import get_reader
 from medloc_core.data.records import (
     DEFAULT_MAX_QUARANTINE_FRACTION,
     QuarantineEntry,
@@ -41,16 +42,6 @@ class IngestResult:
     records: pd.DataFrame
     quarantine: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
-
-
-
-
-
-
-
-
-
-
 
 
 def _inside(path: str, root: Path) -> bool:
@@ -218,7 +209,6 @@ def read_dataset(
     :class:`~medloc_core.data.records.QuarantineLimitExceeded` when more than ``max_quarantine_fraction`` of
     the input rows were quarantined (``None`` disables the check).
     """
-    from medloc_core.data.readers import get_reader
 
     reader = get_reader(fmt)
     root = Path(root)

@@ -10,8 +10,12 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medloc_core.boxes import iou
 from medloc_core.data.records import SPLITS
 from medloc_core.evaluation.metrics import DEFAULT_N_BOOT, evaluate_ious
+from medloc_core.images import ImageError, load_rgb
+from medloc_core.model.inference import BoxPredictor
+from medloc_core.prompts import build_prompt_text
 
 PRED_COLUMNS = ("pred_x1", "pred_y1", "pred_x2", "pred_y2")
 
@@ -44,7 +48,6 @@ _REQUIRED_COLUMNS = ("record_id", "dataset", "image_path", "x1", "y1", "x2", "y2
 def _prompt_texts(df: pd.DataFrame) -> list[str]:
     if "prompt_text" in df.columns:
         return [str(t) for t in df["prompt_text"]]
-    from medloc_core.prompts import build_prompt_text
 
     if "query" not in df.columns:
         raise ValueError("prepared data needs a 'prompt_text' or a 'query' column")
@@ -73,9 +76,6 @@ def evaluate_model(
     Returns ``(metrics, predictions)``; ``predictions`` has ``record_id, dataset, completion, pred_x1..pred_y2``
     (original-image pixels, NaN when unparsed), ``iou`` (0 when unparsed) and ``parsed``.
     """
-    from medloc_core.boxes import iou
-    from medloc_core.images import ImageError, load_rgb
-    from medloc_core.model.inference import BoxPredictor
 
     missing = [c for c in _REQUIRED_COLUMNS if c not in prepared_df.columns]
     if missing:
@@ -152,7 +152,7 @@ def log_prediction_grid(
 
     ``predictions`` is :func:`evaluate_model`'s second output; see ``plots.plot_predictions_from_frames``.
     """
-    from medloc_core.plots import plot_predictions_from_frames
+    from medloc_core.plots import plot_predictions_from_frames  # lazy: matplotlib
 
     plot_predictions_from_frames(prepared_df, predictions, path, max_images=max_images)
     return Path(path)

@@ -30,7 +30,7 @@ def attach_adapter_for_training(
             r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
         )
     if adapter == "mlae":
-        from medloc_core.model import mlae
+        from medloc_core.model import mlae  # lazy: imports torch
 
         mlae.apply_mlae(
             model, target_modules, r=r, lora_alpha=alpha, drop_rate=mlae_drop_rate, dropout=dropout

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medloc_core.boxes import Frame, parse_box
+from medloc_core.model.loading import _adapter_base, load_model, load_processor, pixel_bounds
 from medloc_core.prompts import chat_messages
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ DEFAULT_BATCH_SIZE = 4
 
 def _processor_frame_params(processor: Any) -> tuple[int, int, int, int]:
     """``(min_pixels, max_pixels, patch_size, merge_size)`` of a Qwen2/2.5-VL image processor."""
-    from medloc_core.model.loading import pixel_bounds
 
     ip = processor.image_processor
     return (*pixel_bounds(processor), int(ip.patch_size), int(ip.merge_size))
@@ -58,7 +58,6 @@ def generate(
 
 
 def _load_processor_for(model_dir: str | os.PathLike) -> Any:
-    from medloc_core.model.loading import _adapter_base, load_processor
 
     try:
         return load_processor(model_dir)
@@ -87,7 +86,6 @@ class BoxPredictor:
         max_new_tokens: int = 64,
         dtype: str | None = None,
     ) -> None:
-        from medloc_core.model.loading import load_model
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medloc_core.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+from medloc_core.model.cpu_kernels import linear_patch_embed
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +315,6 @@ def load_model(
     )
     if adapter_dir is not None:
         model = attach_adapter(model, adapter_dir, merge=merge_adapter)
-    from medloc_core.model.cpu_kernels import linear_patch_embed
 
     linear_patch_embed(model)  # exact; the 3-D convolution it replaces dominated the stand-in's vision cost
     model.eval()
@@ -336,7 +336,7 @@ def attach_adapter(model, adapter_dir: str | os.PathLike, *, merge: bool = True)
     """Put a saved LoRA (peft) or MLAE adapter from ``adapter_dir`` on ``model``; merge it when asked."""
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "mlae_config.json").is_file():
-        from medloc_core.model import mlae
+        from medloc_core.model import mlae  # lazy: imports torch
 
         mlae.load_mlae(model, adapter_dir)
         if merge:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medloc_core.model import loading
 from medloc_core.model.loading import (
     QWEN25VL_CHAT_TEMPLATE,
     QWEN_PRETOKENIZE_REGEX,
@@ -88,8 +89,6 @@ def build_qwen25vl_processor(min_pixels: int, max_pixels: int) -> Any:
     """The image + text processor of Qwen2.5-VL (patch 14, merge 2, CLIP mean/std) around the real tokenizer,
     torchvision-free (``loading.Qwen25VLImageOnlyProcessor``), with the given resize bounds in pixels."""
     from transformers import Qwen2VLImageProcessor
-
-    from medloc_core.model import loading
 
     image_processor = Qwen2VLImageProcessor(
         min_pixels=min_pixels,

@@ -13,7 +13,8 @@ from typing import Any
 
 import mlflow
 
-from medloc_core.registry.gate import PromotionDecision, decide_promotion
+from medloc_core.registry import versions
+from medloc_core.registry.gate import TAG_SKIPPED, PromotionDecision, decide_promotion, registration_blockers
 from medloc_core.registry.versions import (
     _MAX_TAG_VALUE,
     BASE_PREFIX,
@@ -248,12 +249,7 @@ def register_and_promote(
     """A pipeline run's registration: refuse a broken model (``registration_blockers``, tagged on the
     run), else register it as ``challenger`` (served with the prompt style and generation length it was
     evaluated with) and pass it through the gate. ``settings`` is a
-    ``config.RegistrationConfig``. Returns ``{registered, promoted, reasons[, model_name, version]}``."""
-    import mlflow
-
-    from medloc_core.registry import versions
-    from medloc_core.registry.gate import TAG_SKIPPED, registration_blockers
-
+    ``run_config.RegistrationConfig``. Returns ``{registered, promoted, reasons[, model_name, version]}``."""
     if not settings.register_model:
         return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
     blockers = registration_blockers(metrics, history_tail)

@@ -18,6 +18,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
+from medloc_core.boxes import clip_box
+from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
+from medloc_core.model.inference import BoxPredictor
+from medloc_core.prompts import build_prompt_text
+
 logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # key of the model folder in the pyfunc's artifacts
@@ -52,7 +57,6 @@ def load_image(value: Any, *, row: int | None = None) -> Any:
     ``data:image/...;base64,`` URI). A path is never opened: the served model must not read its host's files.
     Raises :class:`BadRequest` (a ``ValueError`` too) for anything else, a non-image or an image over
     ``images.MAX_IMAGE_PIXELS``."""
-    from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
 
     where = f"row {row}: " if row is not None else ""
     if isinstance(value, bytes | bytearray):
@@ -165,7 +169,6 @@ class MedLocGrounderModel(PythonModel):
         self._predictor = None
 
     def load_context(self, context: Any) -> None:
-        from medloc_core.model.inference import BoxPredictor
 
         config = dict(getattr(context, "model_config", None) or {})
         self.answer_style = str(config.get("answer_style", self.answer_style))
@@ -177,8 +180,6 @@ class MedLocGrounderModel(PythonModel):
         install_one_line_errors()  # a no-op outside a scoring server
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        from medloc_core.boxes import clip_box
-        from medloc_core.prompts import build_prompt_text
 
         if self._predictor is None:
             self.load_context(context)

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from medloc_core.evaluation.metrics import mlflow_key
 from medloc_core.registry.serving import MODEL_ARTIFACT, input_example, pip_requirements, signature
+from medloc_core.tracking import configure_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def _ensure_experiment() -> None:
     if mlflow.active_run() is not None:
         return
     try:
-        from medloc_core.tracking import configure_mlflow
-
         configure_mlflow(EXPERIMENT)
     except ImportError:  # tracking helper not available: plain MLflow experiment
         mlflow.set_experiment(EXPERIMENT)

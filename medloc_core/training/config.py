@@ -16,6 +16,7 @@ from medloc_core.boxes import PARSERS
 from medloc_core.curriculum import SCHEDULE_NAMES
 from medloc_core.curriculum.config import CurriculumConfig
 from medloc_core.model.adapters import ADAPTERS
+from medloc_core.model.standin import ensure_tiny_model
 from medloc_core.prompts import ANSWER_STYLES
 from medloc_core.rewards.grounding import REWARD_MIXES
 from medloc_core.training.sft import LR_SCHEDULES
@@ -252,7 +253,6 @@ class TrainingConfig(BaseModel):
 
 def resolve_model_path(config: TrainingConfig) -> str:
     """``tiny``/``tiny-small``/``tiny-grounder`` -> the built offline model folder; anything else unchanged."""
-    from medloc_core.model.standin import ensure_tiny_model
 
     name = config.model_name_or_path
     if name in TINY_ALIASES:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medloc_core.training.config import TrainingConfig
+from medloc_core.training.config import AccelerateConfig, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 def accelerate_command(options: Mapping[str, Any]) -> list[str]:
     """``accelerate launch`` arguments from an ``accelerate`` config block, checked by ``config.AccelerateConfig``
     (unknown keys and bad values raise pydantic's ``ValidationError``, a ``ValueError``)."""
-    from medloc_core.training.config import AccelerateConfig
 
     options = AccelerateConfig.model_validate(dict(options)).model_dump(exclude_defaults=True)
     num = int(options.get("num_processes", 1))

@@ -9,7 +9,10 @@ import math
 from typing import Any
 
 from medloc_core import prompts
+from medloc_core.boxes import smart_resize
 from medloc_core.data.records import FRAME_COLUMNS
+from medloc_core.images import ImageError, load_rgb
+from medloc_core.model.loading import pixel_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,6 @@ def train_rows(prepared_df: Any, split: str = "train") -> Any:
 def _load_image(path: str, size: tuple[int, int], where: str):
     from PIL import Image
 
-    from medloc_core.images import ImageError, load_rgb
-
     try:
         img = load_rgb(path)
     except ImageError as exc:
@@ -63,8 +64,6 @@ def _load_image(path: str, size: tuple[int, int], where: str):
 def check_frames(rows: Any, processor: Any) -> None:
     """Every row's input frame must be a fixed point of the processor's smart_resize, else the boxes (in that
     frame) would not match what the model sees."""
-    from medloc_core.boxes import smart_resize
-    from medloc_core.model.loading import pixel_bounds
 
     min_px, max_px = pixel_bounds(processor)
     for i, r in rows.iterrows():

@@ -153,7 +153,7 @@ def save_final_model(session: TrainingSession) -> Path:
         if cfg.adapter == "lora":
             model.save_pretrained(str(final / "adapter"))
         else:
-            from medloc_core.model import mlae
+            from medloc_core.model import mlae  # lazy: imports torch
 
             mlae.save_mlae(model, final / "adapter", base_model=session.model_path)
         # Merged into an fp32 copy: the training step's output keeps fp32 weights (registration may cast).

@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medloc_core.model.cpu_kernels import compact_log_probs
+from medloc_core.training import checkpoints
 from medloc_core.training.config import TrainingConfig, trl_field_names
+from medloc_core.training.shared_prefix import shared_prefix_generate, shared_prefix_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ def _trainer_class() -> type:
             self.medloc_base_model = base_model
             self.medloc_callback = curriculum_callback
             super().__init__(*args, **kwargs)
-            from medloc_core.model.cpu_kernels import compact_log_probs
 
             # TRL's fused LM head scores every position off Triton devices; score only the completions there.
             target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -54,7 +56,6 @@ def _trainer_class() -> type:
         ):
             # Each distinct prompt (text + image) once, its cache shared by its completions: same log-probs and
             # gradients as TRL's full forward (training/shared_prefix.py); TRL's path for anything else.
-            from medloc_core.training.shared_prefix import shared_prefix_log_probs
 
             shared = None
             logits_to_keep = args[0] if args else kw.get("logits_to_keep")
@@ -94,7 +95,6 @@ def _trainer_class() -> type:
             # Trainer rotates old checkpoints inside _save_checkpoint, before the callbacks' on_save writes the
             # curriculum state, so with save_total_limit a crash right then left only an incomplete checkpoint.
             # Save without rotating, complete the checkpoint, then rotate only if it is loadable.
-            from medloc_core.training import checkpoints
 
             keep = self.args.save_total_limit
             self.args.save_total_limit = None
@@ -114,7 +114,7 @@ def _trainer_class() -> type:
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             if self.medloc_adapter != "mlae":
                 return super()._save(output_dir, state_dict)
-            from medloc_core.model import mlae
+            from medloc_core.model import mlae  # lazy: imports torch
 
             out = Path(output_dir or self.args.output_dir)
             mlae.save_mlae(self.accelerator.unwrap_model(self.model), out, base_model=self.medloc_base_model)
@@ -126,7 +126,7 @@ def _trainer_class() -> type:
             if self.medloc_adapter == "lora":  # peft adapters reload correctly through Trainer
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
             if self.medloc_adapter == "mlae":
-                from medloc_core.model import mlae
+                from medloc_core.model import mlae  # lazy: imports torch
 
                 mlae.load_mlae(self.accelerator.unwrap_model(model), resume_from_checkpoint)
                 return None
@@ -139,7 +139,6 @@ def _trainer_class() -> type:
 def _share_prompts_in_generate(model: Any) -> None:
     """Route the policy's ``generate`` through ``shared_prefix_generate`` (each distinct prompt prefilled once;
     ``generate`` itself for any call that path does not handle)."""
-    from medloc_core.training.shared_prefix import shared_prefix_generate
 
     generate = model.generate
 

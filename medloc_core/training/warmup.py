@@ -12,6 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medloc_core.boxes import iou as box_iou
+from medloc_core.boxes import parse_box
+from medloc_core.model import loading
+from medloc_core.model.inference import generate
+from medloc_core.rewards.medgrpo import fit_medgrpo_stats
+from medloc_core.training import sft
 from medloc_core.training.config import SFT_DONE_NAME, TrainingConfig
 from medloc_core.training.rows import build_examples, check_frames, train_rows
 
@@ -29,7 +35,6 @@ def generate_completions(
 ) -> list[str]:
     """One completion per example (``prompt`` messages + ``image``): sampled at ``temperature`` (MedGRPO's
     statistics), or greedy with ``temperature=None`` (the SFT early-stop check)."""
-    from medloc_core.model.inference import generate
 
     out: list[str] = []
     was_training = model.training
@@ -80,8 +85,6 @@ def greedy_hit_rate(
     model: Any, processor: Any, examples: Sequence[Mapping[str, Any]], *, iou: float, max_new_tokens: int
 ) -> float:
     """Share of ``examples`` whose greedy answer parses to a box with IoU >= ``iou`` (input-frame pixels)."""
-    from medloc_core.boxes import iou as box_iou
-    from medloc_core.boxes import parse_box
 
     texts = generate_completions(
         model, processor, examples, max_new_tokens=max_new_tokens, temperature=None, batch_size=32
@@ -111,8 +114,6 @@ def run_sft_warmup(
     val_examples: list[dict] | None = None,
 ):
     """SFT warm-up into ``output_dir/sft`` (skipped when a finished one is there). Returns (path, summary)."""
-    from medloc_core.model import loading
-    from medloc_core.training import sft
 
     sft_dir = output_dir / "sft"
     done = sft_dir / SFT_DONE_NAME
@@ -203,8 +204,6 @@ def fit_medgrpo(
 ) -> dict[str, list[float]]:
     """Quartiles of ``base_reward`` per dataset over completions of the starting model (MedGRPO, docs/method.md §6)."""
     import random
-
-    from medloc_core.rewards.medgrpo import fit_medgrpo_stats
 
     rng = random.Random(config.seed)
     by_ds: dict[str, list[Mapping[str, Any]]] = {}
