@@ -45,7 +45,7 @@ def register_model(
         run_id=run.info.run_id,
         eval_set_hash=eval_set_hash,
         # serve with the prompt the model was trained and evaluated with (the preprocessing's answer style)
-        answer_style=manifest["options"]["answer_style"],
+        answer_style=manifest["answer_style"],
         max_new_tokens=max_new_tokens,  # the evaluation's: the served model generates as it was measured
         history_tail=training_summary.get("history_tail", []),
         settings=config,

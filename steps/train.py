@@ -58,8 +58,7 @@ def train_model(
     # The prompts' answer style and the processor's resize bounds are the preprocessing's (the boxes were framed
     # with them); they come from the manifest, never from a second copy of the setting.
     # The step's parameter is already the parsed TrainingConfig (validated once, when ZenML composed the run).
-    options = manifest["options"]
-    train_config = config.model_copy(update={k: options[k] for k in FROM_PREPROCESSING if k in options})
+    train_config = config.model_copy(update={k: manifest[k] for k in FROM_PREPROCESSING})
     resolved = train_config.model_dump(mode="json")
     launch = config.accelerate.model_dump(exclude_defaults=True) if config.accelerate else None
     run = pipeline_mlflow_run()

@@ -372,7 +372,7 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
         with mlflow.start_run() as run:
             result = launch_training(
                 prepared,
-                cfg,
+                TrainingConfig.model_validate(cfg),
                 tmp_path / "out",
                 accelerate={"num_processes": 2, "cpu": True},
                 mlflow_run_id=run.info.run_id,

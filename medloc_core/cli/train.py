@@ -59,7 +59,12 @@ def register(subparsers: Any) -> None:
         ),
     )
     t.add_argument("--data", required=True, type=Path, help="prepared table (.parquet, .csv or .jsonl)")
-    t.add_argument("--config", required=True, type=Path, help="YAML or JSON training config")
+    t.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        help="a run config (YAML, its parameters.training block) or a TrainingConfig JSON dump",
+    )
     t.add_argument("--out", required=True, type=Path, help="output folder")
     t.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     t.add_argument(
@@ -74,20 +79,23 @@ def register(subparsers: Any) -> None:
 
 
 def load_training_config(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The training mapping from a YAML/JSON file, with ``KEY=VALUE`` overrides applied."""
+    """The ``training:`` mapping to validate, with ``KEY=VALUE`` overrides applied: a run config's
+    ``parameters.training`` block (YAML), or a ``TrainingConfig`` JSON dump (what ``accelerate launch`` children
+    get from ``training/launch.py``)."""
     import yaml
 
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    if isinstance(data.get("parameters"), Mapping) and "training" in data["parameters"]:
-        data = data["parameters"]["training"]
-    elif isinstance(data.get("training"), Mapping):
-        data = data["training"]
-    data = dict(data or {})
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        content = yaml.safe_load(text)
+        parameters = content.get("parameters") if isinstance(content, Mapping) else None
+        if not isinstance(parameters, Mapping) or not isinstance(parameters.get("training"), Mapping):
+            raise ValueError(f"{path}: expected a run config with a parameters.training block")
+        data = parameters["training"]
+    data = dict(data)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

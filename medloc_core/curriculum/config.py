@@ -31,7 +31,7 @@ def _lookup(table: Sequence[tuple[float, float]], tau: float) -> float:
 
 
 class CurriculumConfig(BaseModel):
-    """MedLoc-R1 curriculum settings. Defaults follow docs/method.md §1; each unstated detail is an option.
+    """MedLoc-R1 curriculum settings. Defaults follow docs/method.md §2; each unstated detail is an option.
 
     Core parameters (§1(d)):
         tau0=0.3, tau_target=0.8 (the threshold starts and ends here), window=30 (N), margin=0.10 (Delta),

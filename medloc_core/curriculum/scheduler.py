@@ -1,22 +1,15 @@
-"""IoU-threshold schedules for the GRPO accuracy reward: the MedLoc-R1 curriculum and its baselines.
+"""MedLoc-R1's performance-aware IoU threshold, :class:`CurriculumScheduler` (``docs/method.md`` §0-§2).
 
-The reward of a completion is ``1[IoU >= tau]`` (see ``medloc_core.rewards.grounding``); a schedule owns ``tau``.
-:class:`CurriculumScheduler` implements MedLoc-R1 (``docs/method.md`` §0-§2): a sliding window
-of the last N steps of IoUs, three readiness conditions (hit rate, stability, IoU margin) with
+The accuracy reward of a completion is ``1[IoU >= tau]`` (``rewards/grounding.py``); the scheduler owns ``tau``: a
+sliding window of the last N steps of IoUs, three readiness conditions (hit rate, stability, IoU margin) with
 threshold-dependent bounds P(tau) and S(tau), a decaying step size, half-window refresh after a raise and a
-freeze at tau_target. Baselines with the same interface: :class:`FixedSchedule` (VLM-R1, tau constant),
-:class:`RawIoUSchedule` (continuous IoU, no threshold) and :class:`VTriuneSchedule` (progress-based).
-
-Every schedule has ``name``, ``threshold`` (float, or None for raw IoU), ``ge`` (whether a hit is ``IoU >= tau``
-or ``IoU > tau``), ``observe(ious, step=None) -> bool`` (True when the threshold changed), ``stats`` (dict of the
-last observation), ``state_dict()`` and ``load_state_dict()`` (JSON-serializable, exact round trip).
-
-IoUs are unitless values in [0, 1]. Only numpy is imported.
+freeze at tau_target. Its settings are :class:`~medloc_core.curriculum.config.CurriculumConfig`; the baselines
+with the same protocol (``base.Schedule``) are in ``baselines.py``. IoUs are unitless values in [0, 1]; only numpy
+is imported.
 
 Ambiguities of docs/method.md §3 that concern the caller rather than the config (the rest are listed in
 :class:`CurriculumConfig`):
     A2  the reward reads ``threshold`` when it scores a batch; a raise in ``observe`` applies to the next batch.
-    A9  the V-Triune baseline's thresholds are rescaled for medical data (:data:`VTRIUNE_MEDICAL_THRESHOLDS`).
     A13 feed ``observe`` the IoUs gathered from all ranks in a fixed order: the scheduler is deterministic, so
         every rank that feeds the same IoUs holds the same tau.
     A14 ``state_dict()`` holds tau, the window and the raise count; save it with each checkpoint.

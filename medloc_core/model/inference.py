@@ -74,7 +74,7 @@ def _load_processor_for(model_dir: str | os.PathLike) -> Any:
 class BoxPredictor:
     """A loaded model + processor that answers grounding prompts with greedy decoding.
 
-    ``model_dir``: a Qwen2.5-VL folder or Hub id, or an adapter folder (see ``modeling.load_model``).
+    ``model_dir``: a Qwen2.5-VL folder or Hub id, or an adapter folder (see ``loading.load_model``).
     ``device``: ``"cpu"`` or a torch device string; float32 on CPU, bfloat16 on CUDA.
     """
 

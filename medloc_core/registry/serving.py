@@ -18,8 +18,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
+from medloc_core import images
 from medloc_core.boxes import clip_box
-from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
+from medloc_core.images import ImageError, load_rgb
 from medloc_core.model.inference import BoxPredictor
 from medloc_core.prompts import build_prompt_text
 
@@ -77,7 +78,7 @@ def load_image(value: Any, *, row: int | None = None) -> Any:
     else:
         raise BadRequest(f"{where}column 'image' must be base64 text or bytes, got {type(value).__name__}")
     try:
-        return load_rgb(data, max_pixels=MAX_IMAGE_PIXELS)
+        return load_rgb(data, max_pixels=images.MAX_IMAGE_PIXELS)  # read at call time: one setting
     except ImageError as exc:
         raise BadRequest(f"{where}column 'image': {exc}") from None
 
@@ -192,7 +193,7 @@ class MedLocGrounderModel(PythonModel):
                 f"input needs columns 'image' and 'query' (or 'prompt_text'); got {list(df.columns)}"
             )
         params = dict(params or {})
-        images = [load_image(v, row=i) for i, v in enumerate(df["image"])]
+        pictures = [load_image(v, row=i) for i, v in enumerate(df["image"])]
         prompts = []
         for i in range(len(df)):
             given = df["prompt_text"].iloc[i] if "prompt_text" in df.columns else None
@@ -211,9 +212,9 @@ class MedLocGrounderModel(PythonModel):
             raise BadRequest(f"params: {exc}") from None
         if not 1 <= predictor.max_new_tokens <= 4096 or batch_size < 1:
             raise BadRequest("params: max_new_tokens must be in 1..4096 and batch_size >= 1")
-        outputs = predictor.predict(images, prompts, batch_size=batch_size)
+        outputs = predictor.predict(pictures, prompts, batch_size=batch_size)
         rows = []
-        for image, out in zip(images, outputs):
+        for image, out in zip(pictures, outputs):
             box = out["box_original"]
             if box is not None:
                 box = clip_box(box, image.width, image.height)

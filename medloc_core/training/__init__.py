@@ -18,7 +18,7 @@ Wiring (``train``):
    works around transformers#43701 (Trainer's resume skips Qwen2.5-VL's key conversion and silently keeps the
    old weights) by loading the checkpoint through ``from_pretrained``; MLAE checkpoints store only MLAE tensors.
 5. ``output_dir/final`` holds a plain (adapter-merged) model and the processor, loadable with
-   ``modeling.load_model`` + ``modeling.load_processor``; LoRA/MLAE adapters are also kept in
+   ``model.loading.load_model`` + ``model.loading.load_processor``; LoRA/MLAE adapters are also kept in
    ``final/adapter``.
 
 KL β defaults to 0.04 (VLM-R1's value); the MedLoc-R1 digest says 0.4 (ambiguity A7 in docs/method.md §3).
