@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from medloc_core import prompts
 from medloc_core.boxes import Frame
 from medloc_core.data.ingest import read_dataset
+from medloc_core.training.config import TrainingConfig
 
 ANSWER_BOX = (14.0, 28.0, 42.0, 56.0)  # model-input pixels
 
@@ -253,3 +254,14 @@ def coco_file(path: Path, images: list, annotations, categories=None) -> Path:
     }
     path.write_text(json.dumps(data))
     return path
+
+
+def cpu_training_config(**kw: object) -> TrainingConfig:
+    """A small CPU ``TrainingConfig`` (no KL, no checkpoints, short completions) with ``kw`` on top."""
+    base = {"use_cpu": True, "progress": False, "beta": 0.0, "save_steps": 0, "learning_rate": 3e-4}
+    return TrainingConfig.model_validate({**base, "max_completion_length": 48, **kw})
+
+
+def recipe_training_block(name: str) -> dict:
+    """The ``parameters.training`` block of ``configs/<name>``."""
+    return yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["training"]

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import yaml
-from helpers import REPO, make_prepared
+from helpers import REPO, cpu_training_config, make_prepared, recipe_training_block
 
 from medloc_core.training.config import TrainingConfig
 from medloc_core.training.trainer import build_grpo_config
-
-
-def _cfg(**kw) -> TrainingConfig:
-    base = dict(
-        use_cpu=True, progress=False, beta=0.0, save_steps=0, learning_rate=3e-4, max_completion_length=48
-    )
-    base.update(kw)
-    return TrainingConfig.model_validate(base)
-
-
-def _training_section(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["training"]
 
 
 def test_config_rejects_unknown_keys_and_bad_values() -> None:
@@ -46,12 +33,12 @@ def test_config_rejects_unknown_keys_and_bad_values() -> None:
 
 
 def test_repo_configs_load() -> None:
-    gpu = TrainingConfig.model_validate(_training_section("medloc_training_gpu.yaml"))
+    gpu = TrainingConfig.model_validate(recipe_training_block("medloc_training_gpu.yaml"))
     assert gpu.model_name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert (gpu.num_generations, gpu.temperature, gpu.learning_rate, gpu.beta) == (8, 0.9, 1e-6, 0.04)
     assert gpu.bf16 and gpu.gradient_checkpointing and not gpu.use_cpu
     assert gpu.curriculum_settings.tau0 == 0.3
-    local = TrainingConfig.model_validate(_training_section("medloc_training_local.yaml"))
+    local = TrainingConfig.model_validate(recipe_training_block("medloc_training_local.yaml"))
     assert local.model_name_or_path == "tiny-grounder" and local.is_tiny and local.use_cpu
     assert local.sft_warmup_steps > 0 and local.sft_stop_hit_rate is not None
     assert local.per_device_train_batch_size % local.num_generations == 0
@@ -64,13 +51,13 @@ def test_vllm_requested_without_vllm_is_a_clear_error(tmp_path) -> None:
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
     with pytest.raises(ValueError, match="vLLM is not installed"):
-        build_grpo_config(_cfg(use_vllm=True), tmp_path, [1.0, 1.0])
+        build_grpo_config(cpu_training_config(use_vllm=True), tmp_path, [1.0, 1.0])
 
 
 def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_path) -> None:
     from medloc_core.training.trainer import build_grpo_config
 
-    cfg = _cfg(
+    cfg = cpu_training_config(
         top_k=50,
         temperature=0.7,
         lr_scheduler_type="linear",
@@ -81,9 +68,9 @@ def test_grpo_config_passes_shared_fields_by_name_and_the_trl_block_through(tmp_
     assert (args.epsilon_high, args.mask_truncated_completions) == (0.28, True)
     assert args.reward_weights == [1.0, 0.5] and args.use_bias_correction_kl is False
     with pytest.raises(ValueError, match="'epsilon_hi' is not a TRL GRPOConfig option"):
-        _cfg(trl={"epsilon_hi": 0.3})
+        cpu_training_config(trl={"epsilon_hi": 0.3})
     with pytest.raises(ValueError, match="'beta' is set by the pipeline or by training.beta"):
-        _cfg(trl={"beta": 0.1})
+        cpu_training_config(trl={"beta": 0.1})
 
 
 def test_the_run_config_is_validated_once_from_yaml_to_the_trainer(tmp_path) -> None:

@@ -11,8 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import yaml  # noqa: E402
-from helpers import REPO, make_prepared
+from helpers import cpu_training_config, make_prepared, recipe_training_block
 
 from medloc_core.training.config import TrainingConfig
 
@@ -37,18 +36,6 @@ REQUIRED_METRICS = {
     "train/rewards/format_reward/mean",
 }
 FORCED = {"window": 2, "use_reward_check": False, "use_stability_check": False, "use_margin_check": False}
-
-
-def _cfg(**kw) -> TrainingConfig:
-    base = dict(
-        use_cpu=True, progress=False, beta=0.0, save_steps=0, learning_rate=3e-4, max_completion_length=48
-    )
-    base.update(kw)
-    return TrainingConfig.model_validate(base)
-
-
-def _training_section(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["training"]
 
 
 # ------------------------------------------------------------------------------------------ GRPO runs
@@ -106,7 +93,7 @@ def sft_run(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("sft_run")
     sink: list[tuple[int, dict]] = []
     hooks = _Hooks()
-    cfg = _cfg(
+    cfg = cpu_training_config(
         model_name_or_path="tiny",
         tiny_model_dir=str(root / "models"),
         sft_warmup_steps=80,
@@ -159,7 +146,7 @@ def test_forced_ready_stream_raises_tau_and_kill_resume_restores_state(sft_run, 
     from medloc_core.training.session import prepare_training, train
 
     out = tmp_path / "run"
-    cfg = _cfg(
+    cfg = cpu_training_config(
         model_name_or_path=str(sft_run["sft"]),
         max_steps=5,
         save_steps=2,
@@ -208,7 +195,7 @@ def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, t
 
     base = AutoModelForImageTextToText.from_pretrained(sft_run["sft"]).state_dict()
     out = tmp_path / adapter
-    cfg = _cfg(
+    cfg = cpu_training_config(
         model_name_or_path=str(sft_run["sft"]),
         adapter=adapter,
         max_steps=3,
@@ -275,7 +262,7 @@ def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, t
 def test_gpu_config_options_build_and_step_on_cpu(sft_run, data, tmp_path) -> None:
     from medloc_core.training.session import prepare_training
 
-    section = _training_section("medloc_training_gpu.yaml")
+    section = recipe_training_block("medloc_training_gpu.yaml")
     # Everything from the GPU config except what needs a GPU (bf16, vLLM) and the 3B weights.
     section.update(
         model_name_or_path=str(sft_run["sft"]),
@@ -305,7 +292,7 @@ def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> 
 
     data = make_prepared(tmp_path / "img", n=18, datasets=("ham", "tn3k"))
     seen: list[dict] = []
-    cfg = _cfg(
+    cfg = cpu_training_config(
         model_name_or_path=str(sft_run["sft"]),
         schedule="raw_iou",
         medgrpo_normalization=True,
@@ -321,7 +308,7 @@ def test_per_dataset_thresholds_and_medgrpo_normalization(sft_run, tmp_path) -> 
     assert "curriculum/threshold" not in seen[0]  # raw IoU has no threshold
     assert res.final_threshold is None
 
-    cfg = _cfg(
+    cfg = cpu_training_config(
         model_name_or_path=str(sft_run["sft"]), per_dataset_thresholds=True, curriculum=FORCED, max_steps=3
     )
     seen.clear()
@@ -404,7 +391,9 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data
     from medloc_core.training.session import prepare_training, train
 
     out = tmp_path / "run"
-    cfg = _cfg(model_name_or_path=str(sft_run["sft"]), max_steps=6, save_steps=2, save_total_limit=2)
+    cfg = cpu_training_config(
+        model_name_or_path=str(sft_run["sft"]), max_steps=6, save_steps=2, save_total_limit=2
+    )
     with pytest.raises(KeyboardInterrupt):
         train(data, cfg, out, callbacks=[_CrashAt(5).callback])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
