@@ -195,35 +195,25 @@ def _medgrpo_stats(
         return json.loads(path.read_text(encoding="utf-8"))
 
 
-def prepare_training(
-    prepared_df: Any,
-    config: TrainingConfig,
-    output_dir: str | os.PathLike,
-    *,
-    metrics_sink: MetricsSink | None = None,
-    resume: bool = True,
-    callbacks: Sequence[Any] = (),
-) -> TrainingSession:
-    """Build everything :func:`train` runs (SFT warm-up included), without starting GRPO. Each line is one
-    builder that lives beside its concern; under ``accelerate launch`` every rank runs this, file-writing work
-    happens on the main rank first and the others reuse it."""
-    import torch
-    from accelerate import PartialState
-    from datasets import Dataset
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = train_rows(prepared_df)
-    base_path = resolve_model_path(config)
+def _processor(config: TrainingConfig, base_path: str) -> Any:
     processor = loading.load_processor(base_path)
     if config.min_pixels is not None:
         loading.set_pixel_bounds(processor, config.min_pixels, config.max_pixels)
-    check_frames(rows, processor)
-    examples = build_examples(rows, config.answer_style)
-    state = PartialState(
-        cpu=config.use_cpu
-    )  # cpu=True: the gloo process group under torchrun, as use_cpu does
-    checkpoint = _resume_point(out, resume, state)
+    return processor
+
+
+def _starting_policy(
+    config: TrainingConfig,
+    base_path: str,
+    processor: Any,
+    examples: list,
+    prepared_df: Any,
+    out: Path,
+    state: Any,
+) -> tuple[str, dict[str, Any] | None, Any]:
+    """The SFT warm-up (when configured; the main rank runs it, the others reuse its folder), then the policy GRPO
+    trains, in training mode, with the process's thread count set."""
+    import torch
 
     model_path, sft_summary = base_path, None
     if config.sft_warmup_steps > 0:
@@ -236,17 +226,23 @@ def prepare_training(
     model = loading.load_model(model_path, dtype=weights_dtype(config))
     model.train()
     configure_threads(config, model)
+    return model_path, sft_summary, model
 
-    schedule = schedule_for(
+
+def _schedule(config: TrainingConfig, examples: list) -> Any:
+    return schedule_for(
         config.schedule,
         curriculum=config.curriculum_settings,
         fixed_tau=config.fixed_tau,
         total_steps=config.max_steps,
         per_dataset=[e["dataset"] for e in examples] if config.per_dataset_thresholds else None,
     )
-    tracker = RewardTracker()
-    medgrpo_stats = _medgrpo_stats(config, model, processor, examples, schedule, out, state)
-    reward_funcs, weights = grounding.build_rewards(
+
+
+def _rewards(
+    config: TrainingConfig, schedule: Any, tracker: RewardTracker, medgrpo_stats: dict | None
+) -> tuple[list, list[float]]:
+    return grounding.build_rewards(
         schedule,
         tracker,
         parser=config.reward_parser,
@@ -259,7 +255,10 @@ def prepare_training(
         medgrpo_stats=medgrpo_stats,
         medgrpo_k=config.medgrpo_k,
     )
-    peft_config = attach_adapter_for_training(
+
+
+def _adapter(config: TrainingConfig, model: Any) -> Any:
+    return attach_adapter_for_training(
         model,
         config.adapter,
         target_modules=config.target_modules_arg,
@@ -269,39 +268,80 @@ def prepare_training(
         mlae_drop_rate=config.mlae_drop_rate,
         gradient_checkpointing=config.gradient_checkpointing,
     )
-    history_path = out / HISTORY_NAME
-    if checkpoint is not None:
-        step = checkpoints.restore_curriculum(checkpoint, schedule)
-        if state.is_main_process:
-            _truncate_history(history_path, step)
-        logger.info("resuming from %s (step %s, threshold %s)", checkpoint, step, schedule.stats)
 
+
+def _restore_curriculum(checkpoint: str | None, schedule: Any, history_path: Path, state: Any) -> None:
+    """On resume: τ, the window and the raise count from the checkpoint; history rows after it dropped."""
+    if checkpoint is None:
+        return
+    step = checkpoints.restore_curriculum(checkpoint, schedule)
+    if state.is_main_process:
+        _truncate_history(history_path, step)
+    logger.info("resuming from %s (step %s, threshold %s)", checkpoint, step, schedule.stats)
+
+
+def _dataset(examples: list) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{k: e[k] for k in ("prompt", "image", "bbox", "dataset", "record_id")} for e in examples]
+    )
+
+
+def prepare_training(
+    prepared_df: Any,
+    config: TrainingConfig,
+    output_dir: str | os.PathLike,
+    *,
+    metrics_sink: MetricsSink | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> TrainingSession:
+    """Build everything :func:`train` runs (SFT warm-up included), without starting GRPO: one named builder per
+    line, each a thin call into the module of its concern. Under ``accelerate launch`` every rank runs this;
+    file-writing work happens on the main rank first and the others reuse it."""
+    from accelerate import PartialState
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = train_rows(prepared_df)
+    base_path = resolve_model_path(config)
+    processor = _processor(config, base_path)
+    check_frames(rows, processor)
+    examples = build_examples(rows, config.answer_style)
+    state = PartialState(
+        cpu=config.use_cpu
+    )  # cpu=True: the gloo process group under torchrun, as use_cpu does
+    checkpoint = _resume_point(out, resume, state)
+    model_path, sft_summary, model = _starting_policy(
+        config, base_path, processor, examples, prepared_df, out, state
+    )
+    schedule, tracker = _schedule(config, examples), RewardTracker()
+    medgrpo_stats = _medgrpo_stats(config, model, processor, examples, schedule, out, state)
+    reward_funcs, weights = _rewards(config, schedule, tracker, medgrpo_stats)
+    peft_config = _adapter(config, model)
+    _restore_curriculum(checkpoint, schedule, out / HISTORY_NAME, state)
     callback = CurriculumCallback(
         schedule,
         tracker,
         num_generations=config.num_generations,
         metrics_sink=default_metrics_sink if metrics_sink is None else metrics_sink,
-        history_path=history_path,
+        history_path=out / HISTORY_NAME,
         reward_names=[f.__name__ for f in reward_funcs],
     )
     trainer = medloc_grpo_trainer(
         adapter=config.adapter,
         base_model=model_path,
         curriculum_callback=callback,
+        progress=config.progress,
         model=model,
         reward_funcs=reward_funcs,
         args=build_grpo_config(config, out, weights),
-        train_dataset=Dataset.from_list(
-            [{k: e[k] for k in ("prompt", "image", "bbox", "dataset", "record_id")} for e in examples]
-        ),
+        train_dataset=_dataset(examples),
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[callback, CompletionsTableCallback(callback, config.log_completions_every), *callbacks],
     )
-    if not config.progress:  # disable_tqdm makes Trainer print every log dict instead
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
     return TrainingSession(
         trainer=trainer,
         config=config,

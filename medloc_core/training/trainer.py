@@ -20,7 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 def medloc_grpo_trainer(
-    *, adapter: str = "full", base_model: str | None = None, curriculum_callback: Any = None, **kwargs: Any
+    *,
+    adapter: str = "full",
+    base_model: str | None = None,
+    curriculum_callback: Any = None,
+    progress: bool = True,
+    **kwargs: Any,
 ) -> Any:
     """A :class:`MedLocGRPOTrainer` (TRL's ``GRPOTrainer`` arguments in ``kwargs``) with its MedLoc collaborators:
     the ``adapter`` kind, the ``base_model`` an MLAE adapter is saved against, and the ``curriculum_callback``
