@@ -97,3 +97,19 @@ def test_the_run_config_is_validated_once_from_yaml_to_the_trainer(tmp_path) -> 
     assert session.schedule.config is config.curriculum  # the parsed curriculum is the one that runs
     assert TrainingConfig.validations == before + 1
     assert TrainingConfig.model_validate_json(train_config.model_dump_json()) == train_config
+
+
+def test_medloc_train_reads_a_run_config_or_a_training_config_dump(tmp_path) -> None:
+    from medloc_core.cli.train import load_training_config
+
+    recipe = REPO / "configs" / "medloc_training_local.yaml"
+    block = load_training_config(recipe, ["max_steps=7"])
+    assert block == {**recipe_training_block("medloc_training_local.yaml"), "max_steps": 7}
+    dump = tmp_path / "training_config.json"  # what training/launch.py writes for `accelerate launch` children
+    config = TrainingConfig.model_validate(block)
+    dump.write_text(config.model_dump_json(exclude={"accelerate"}))
+    assert TrainingConfig.model_validate(load_training_config(dump)) == config
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("max_steps: 3\n")
+    with pytest.raises(ValueError, match="parameters.training"):
+        load_training_config(bare)
