@@ -105,7 +105,9 @@ def test_medloc_train_reads_a_run_config_or_a_training_config_dump(tmp_path) -> 
     recipe = REPO / "configs" / "medloc_training_local.yaml"
     block = load_training_config(recipe, ["max_steps=7"])
     assert block == {**recipe_training_block("medloc_training_local.yaml"), "max_steps": 7}
-    dump = tmp_path / "training_config.json"  # what training/launch.py writes for `accelerate launch` children
+    dump = (
+        tmp_path / "training_config.json"
+    )  # what training/launch.py writes for `accelerate launch` children
     config = TrainingConfig.model_validate(block)
     dump.write_text(config.model_dump_json(exclude={"accelerate"}))
     assert TrainingConfig.model_validate(load_training_config(dump)) == config
