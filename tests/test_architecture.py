@@ -84,6 +84,38 @@ def test_the_library_imports_form_no_cycle() -> None:
     assert _find_cycle(graph) is None, " -> ".join(_find_cycle(graph) or [])
 
 
+#: The library's layers, bottom up (docs/architecture.md): a module may import its own layer and the ones below.
+LAYERS = (
+    "leaf",
+    "data",
+    "model",
+    "rewards",
+    "curriculum",
+    "training",
+    "evaluation",
+    "registry",
+    "run_config",
+    "cli",
+)
+
+
+def _layer(module: str) -> str:
+    part = module.split(".")[1] if "." in module else "leaf"
+    return (
+        part if part in LAYERS else "leaf"
+    )  # boxes, cron, images, locks, masking, paths, plots, prompts, tracking
+
+
+def test_nothing_imports_a_layer_above_its_own() -> None:
+    upward = sorted(
+        (a, b)
+        for a, targets in _library_graph().items()
+        for b in targets
+        if LAYERS.index(_layer(b)) > LAYERS.index(_layer(a))
+    )
+    assert not upward, upward
+
+
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
