@@ -72,7 +72,9 @@ def test_compact_lm_head_matches_trls_fused_head(grounder_dir):
     assert ours.log_probs.shape == trl_out.log_probs.shape
     torch.testing.assert_close(ours.log_probs, trl_out.log_probs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.entropy, trl_out.entropy, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    # float32 sums over the positions in another order: ~1e-6 differences on gradients up to ~40 are rounding.
+    scale = float(grads[0].abs().max())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6 * scale)
     scored = labels[:, 1:] != -100
     assert (ours.log_probs[~scored] == 0).all() and (ours.log_probs[scored] < 0).all()
 
