@@ -9,12 +9,15 @@ BIN := $(VENV)/bin
 CONFIG ?=
 
 # Embedded default: ZenML and MLflow state stay inside the project unless the caller points them elsewhere.
+# The same list as medloc_core/environment.py (`medloc env` prints it; tests/test_environment.py compares).
 export MEDLOC_HOME ?= $(CURDIR)/.medloc
 export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_CONFIG_PATH ?= $(CURDIR)/.medloc/zenml/config
 export ZENML_LOCAL_STORES_PATH ?= $(CURDIR)/.medloc/zenml/stores
 export ZENML_DISABLE_INTERACTIVE_INPUT ?= true
 export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup run test test-fast lint format bench clean lock

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from medloc_core import run_summary
 from medloc_core.paths import medloc_home
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ def log_training_result(result: Mapping[str, Any], folder: Path, schedule: str) 
     summary: dict[str, Any] = {key: result[key] for key in SUMMARY_KEYS}
     summary["schedule"] = schedule
     summary["sft"] = sft or None
+    summary["tau_raises"] = run_summary.tau_raises(result["history"])
     mlflow.log_metrics(
         {f"train/summary/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
     )

@@ -20,7 +20,7 @@ from zenml import Model
 from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.env_utils import substitute_env_variable_placeholders
 
-from medloc_core import masking, run_config
+from medloc_core import environment, masking, run_config
 from medloc_core.evaluation.runner import EvaluationConfig
 from medloc_core.paths import export_medloc_home, medloc_home
 from medloc_core.run_config import DataConfig, PreprocessingConfig, RegistrationConfig
@@ -71,6 +71,7 @@ class MedlocTrainingPipeline(Pipeline):
         # Before ZenML composes against the active stack: the run lock, the embedded stack (it has the MLflow
         # tracker) and the closing of runs a killed process left open (pipelines/run_guard.py).
         export_medloc_home()  # before ZenML substitutes ${MEDLOC_HOME} in the run config
+        environment.apply(environment.QUIET)  # the libraries' progress bars: our progress lines replace them
         run_guard.start_run()
         return super().__call__(*args, **kwargs)
 

@@ -12,6 +12,7 @@ from zenml import step
 from medloc_core.evaluation.metrics import mlflow_metrics, paired_gain
 from medloc_core.evaluation.runner import EvaluationConfig, eval_set_hash, log_prediction_grid
 from medloc_core.evaluation.runner import evaluate_model as evaluate
+from medloc_core.run_summary import HEADLINE, versus
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
@@ -52,24 +53,10 @@ def evaluate_model(
             "Trained model vs its starting point (%s, %d images): %s",
             split,
             len(predictions),
-            "; ".join(_versus(metrics, base_metrics, gain, key) for key in ("A@0.5", "A@0.8", "mIoU")),
+            "; ".join(versus(metrics, base_metrics, name) for name in HEADLINE),
         )
     headline = {
         k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics
     }
     logger.info("Evaluation (%s split): %s", split, headline)
     return metrics, base_metrics, eval_set_hash(prepared, split)
-
-
-def _versus(metrics: dict, base: dict, gain: dict, name: str) -> str:
-    """``A@0.5 71.4 % [63.0, 79.0] vs 51.3 % [42.0, 60.5]: +20.2 [12.6, 27.7]`` (95 % bootstrap intervals)."""
-
-    def ci(values: dict, key: str) -> str:
-        low, high = values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
-        return "" if low is None else f" [{low:.3g}, {high:.3g}]"
-
-    key = f"eval/{name}"
-    return (
-        f"{name} {metrics[key]:.3g}{ci(metrics, key)} vs {base[key]:.3g}{ci(base, key)}: "
-        f"{gain[f'eval/gain/{name}']:+.3g}{ci(gain, f'eval/gain/{name}')}"
-    )

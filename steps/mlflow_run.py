@@ -53,11 +53,24 @@ def ensure_embedded_stack() -> str:
     return EMBEDDED_STACK
 
 
+class _NoFastaiAutologWarning(logging.Filter):
+    """ZenML's tracker disables MLflow autologging per framework before every step and warns that ``fastai``
+    failed: MLflow 3 has no ``mlflow.fastai`` any more, so there is nothing to disable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "autologging for the following frameworks: ['fastai']" not in record.getMessage()
+
+
 def prepare_experiment() -> None:
     """Create experiment ``medloc`` ahead of the tracker when the tracking store is local, so that its artifacts
     go under ``MEDLOC_HOME`` (MLflow's default would be ``./mlruns`` of whatever the working directory is) and it
     carries the classic-ML tag. A remote server keeps its own artifact root; the tracker creates it there."""
     from zenml.client import Client
+    from zenml.integrations.mlflow.experiment_trackers import mlflow_experiment_tracker as zenml_tracker
+
+    zenml_logger = logging.getLogger(zenml_tracker.__name__)
+    if not any(isinstance(f, _NoFastaiAutologWarning) for f in zenml_logger.filters):
+        zenml_logger.addFilter(_NoFastaiAutologWarning())
 
     tracker = Client().active_stack.experiment_tracker
     if tracker is None or tracker.flavor != "mlflow":

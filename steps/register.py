@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
-from zenml import step
+from zenml import get_step_context, step
 
 from medloc_core.run_config import RegistrationConfig
+from medloc_core.run_summary import summary_lines
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def register_model(
     import mlflow
 
     from medloc_core.registry.promote import register_and_promote
+    from medloc_core.registry.versions import MODEL_NAME
 
     folder = run_folder("registration")
     run = pipeline_mlflow_run()
@@ -52,22 +54,33 @@ def register_model(
     )
     if result["registered"]:
         _link_control_plane(result["version"], result["promoted"], result["reasons"], metrics)
-        logger.info(
-            "Registered version %s; champion: %s (%s)",
-            result["version"],
-            result["promoted"],
-            "; ".join(result["reasons"]),
-        )
+    for line in summary_lines(
+        training_summary, metrics, base_metrics, result, model_name=MODEL_NAME, links=_links(run)
+    ):
+        logger.info(line)
     return result
+
+
+def _links(run: Any) -> list[str]:
+    """Where to look: the MLflow run (``medloc ui`` opens the project's store) and the ZenML run."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    # MLflow's UI opens in its GenAI view unless the link asks for the classic one (a per-browser setting)
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        mlflow_line = f"MLflow run: {uri.rstrip('/')}/{page}"
+    else:
+        mlflow_line = f"MLflow run {run.info.run_id}: `medloc ui`, then http://127.0.0.1:5000/{page}"
+    zenml_run = get_step_context().pipeline_run.name
+    return [mlflow_line, f"ZenML run: {zenml_run} (`zenml pipeline runs describe {zenml_run}`)"]
 
 
 def _link_control_plane(version: int, promoted: bool, reasons: list[str], metrics: dict) -> None:
     """Record the MLflow registry version and the gate's decision on this run's ZenML model version, and move
     its stage with the MLflow alias: ``champion`` = ``production`` (the previous one is archived),
     ``challenger`` = ``staging``."""
-    from zenml import get_step_context
-
-    from medloc_core.registry import versions
+    from medloc_core.registry.versions import MODEL_NAME
 
     model = get_step_context().model
     if model is None:  # the pipeline ran without a ZenML model
@@ -75,7 +88,7 @@ def _link_control_plane(version: int, promoted: bool, reasons: list[str], metric
     headline = {k: float(v) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, int | float)}
     model.log_metadata(
         {
-            "mlflow_registered_model": versions.MODEL_NAME,
+            "mlflow_registered_model": MODEL_NAME,
             "mlflow_version": version,
             "promoted_to_champion": promoted,
             "gate": "; ".join(reasons),

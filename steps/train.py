@@ -74,7 +74,14 @@ def train_model(
             outcome = train(prepared, train_config, folder)
             result = {**dataclasses.asdict(outcome), "model_dir": str(outcome.model_dir)}
     summary = tracking.log_training_result(result, folder, train_config.schedule)
-    logger.info("Training finished: %s", {k: v for k, v in summary.items() if k != "history_tail"})
+    logger.info(
+        "Training finished: %d GRPO steps at %.2f s/step, final τ %s, peak RSS %.0f MB; model in %s",
+        summary["steps"],
+        summary["seconds_per_step"],
+        summary["final_threshold"],
+        summary["peak_rss_mb"],
+        result["model_dir"],
+    )
     # The base (the policy GRPO started from: the hub id or the SFT warm-up folder) travels as a name/path.
     base_model = (
         str(folder / "sft") if train_config.sft_warmup_steps > 0 else resolve_model_path(train_config)

@@ -37,6 +37,21 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    # A log a person reads: progress lines instead of TRL's per-step dicts and the libraries' progress bars,
+    # no harmless warnings, and the closing summary with where to look.
+    assert len(log.splitlines()) < 150 and "\r" not in log, log[-4000:]
+    for line in (
+        "SFT warm-up step",
+        "GRPO step",
+        "Summary of this run",
+        "GRPO: ",
+        "MLflow run ",
+        "ZenML run: ",
+    ):
+        assert line in log, (line, log[-4000:])
+    for noise in ("{'loss'", "FutureWarning", "fastai", "it/s]", "Loading weights"):
+        assert noise not in log, (noise, log[-4000:])
     assert (tmp_path / "data" / f"synth-{secret}").is_dir()  # the value was used where the data lives
     leaks = [
         str(path)

@@ -11,6 +11,8 @@ import importlib
 import logging
 from collections.abc import Sequence
 
+from medloc_core import environment
+
 # (module, what it adds). Each module exposes ``register(subparsers) -> None``; a handler is stored with
 # ``parser.set_defaults(func=callable(args) -> int)``.
 COMMAND_MODULES = (
@@ -18,6 +20,7 @@ COMMAND_MODULES = (
     "medloc_core.cli.train",  # medloc build-tiny-model, medloc train
     "medloc_core.cli.registry",  # medloc evaluate, predict, promote
     "medloc_core.cli.run",  # medloc run (the pipeline), medloc schedule
+    "medloc_core.cli.tools",  # medloc env, ui, serve: the tools' own commands on the project's stores
 )
 
 
@@ -53,3 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
+
+
+def entry() -> int:
+    """The ``medloc`` command: :func:`main` in the project environment (``medloc_core/environment.py``), so every
+    command, the cron line's included, finds the same ZenML and MLflow stores whatever the working directory."""
+    try:
+        root = environment.project_root()
+    except FileNotFoundError:  # installed outside a checkout: the working directory's .medloc, as before
+        root = None
+    if root is not None:
+        environment.apply(environment.project_environment(root))
+    return main()

@@ -2,6 +2,6 @@
 
 import sys
 
-from medloc_core.cli import main
+from medloc_core.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -16,18 +16,11 @@ import sys
 from pathlib import Path
 
 from medloc_core import cron
+from medloc_core.environment import project_root
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/medloc_training_local.yaml"
-
-
-def project_root() -> Path:
-    """The repository root: the folder that holds ``medloc_training.py`` (the pipeline shim)."""
-    for folder in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]):
-        if (folder / "medloc_training.py").exists() and (folder / "pipelines").is_dir():
-            return folder
-    raise FileNotFoundError("cannot find the MedLoc repository root (a folder with medloc_training.py)")
 
 
 def run_pipeline(

@@ -212,9 +212,30 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
         self._t_last = now
         self.last_record = self.tracker.pop_step()
         metrics = self._curriculum_metrics(self.last_record)
+        if metrics["curriculum/raised"] and state.is_world_process_zero:
+            self._log_raise(state.global_step, metrics)
         self._pending[state.global_step] = metrics
         if not control.should_log:  # logging_steps > 1: no TRL log this step; emit the curriculum part now
             self._emit(state, state.global_step, self._pending.pop(state.global_step))
+
+    def _log_raise(self, step: int, metrics: dict[str, float]) -> None:
+        """One line per raise: old → new τ and the window statistics that decided it (at the old τ)."""
+        bars = ""
+        if "curriculum/required_hit_rate" in metrics:
+            bars = " (bars: hit rate ≥ {:.2f}, std ≤ {:.3f})".format(
+                metrics["curriculum/required_hit_rate"], metrics["curriculum/max_reward_std"]
+            )
+        old = metrics.get("curriculum/threshold")
+        logger.info(
+            "τ raised %s → %.2f after step %d: window hit rate %.2f, std %.3f, IoU margin %+.3f%s",
+            "—" if old is None else f"{old:.2f}",
+            self._threshold() or 0.0,
+            step,
+            metrics.get("curriculum/hit_rate", float("nan")),
+            metrics.get("curriculum/reward_std", float("nan")),
+            metrics.get("curriculum/iou_margin", float("nan")),
+            bars,
+        )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "train_runtime" in logs or state.global_step not in self._pending:
@@ -283,4 +304,61 @@ class CompletionsTableCallback(_transformers_callback_base()):  # type: ignore[m
                 "threshold": [self.curriculum._threshold()] * n,
             },
             artifact_file=f"completions/step_{state.global_step:05d}.json",
+        )
+
+
+class ProgressLogCallback(_transformers_callback_base()):  # type: ignore[misc]
+    """The console's view of GRPO, replacing TRL's per-step dicts (they stay in MLflow): one line every
+    ``every`` optimizer steps (τ, reward, mean IoU, dead groups, seconds per step, time left) and one at the end.
+    Reads the rows the :class:`CurriculumCallback` emitted, so it must come after it."""
+
+    def __init__(self, curriculum: CurriculumCallback, every: int) -> None:
+        self.curriculum, self.every = curriculum, max(1, every)
+        self._t0: float | None = None
+        self._first_step = 0
+        self._tau_start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0, self._first_step = time.perf_counter(), state.global_step
+        self._tau_start = self.curriculum._threshold()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        step = state.global_step
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return
+        if step % self.every and step != state.max_steps:
+            return
+        row = self.curriculum.history[-1] if self.curriculum.history else {}
+        if row.get("step") != step:
+            row = {}
+        done = step - self._first_step
+        per_step = (time.perf_counter() - self._t0) / done if self._t0 is not None and done > 0 else 0.0
+        tau = row.get("curriculum/threshold")
+        logger.info(
+            "GRPO step %d/%d: τ %s, reward %.2f, mean IoU %.3f, dead groups %.2f, %.2f s/step, ~%.0f s left",
+            step,
+            state.max_steps,
+            "—" if tau is None else f"{tau:.2f}",
+            float(logs.get("reward", float("nan"))),
+            float(row.get("train/iou_mean", float("nan"))),
+            float(logs.get("frac_reward_zero_std", float("nan"))),
+            per_step,
+            per_step * (state.max_steps - step),
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self._t0 is None:
+            return
+        done = state.global_step - self._first_step
+        seconds = time.perf_counter() - self._t0
+        raises = [r["step"] for r in self.curriculum.history if r.get("curriculum/raised")]
+        tau = self.curriculum._threshold()
+        logger.info(
+            "GRPO: %d steps in %.0f s (%.2f s/step); τ %s → %s, raised after steps %s",
+            done,
+            seconds,
+            seconds / done if done else 0.0,
+            "—" if self._tau_start is None else f"{self._tau_start:.2f}",
+            "—" if tau is None else f"{tau:.2f}",
+            ", ".join(map(str, raises)) or "none",
         )

@@ -104,7 +104,8 @@ def sft_warmup(
     Early stop: every ``check_every`` steps ``stop_when(step)`` returns a score (e.g. a validation hit rate);
     the warm-up ends once it reaches ``stop_at``, so it hands over a policy that is warm, not converged.
 
-    ``on_step(step, loss)`` is called after each step (1-based). ``bf16`` runs the forward pass under bf16
+    ``on_step(step, loss)`` is called after each step (1-based); ``progress`` logs about 8 lines (loss, and the
+    latest check's score). ``bf16`` runs the forward pass under bf16
     autocast; the weights and AdamW state keep the model's dtype (fp32 master weights). Returns
     :class:`SFTResult`.
     """
@@ -135,11 +136,10 @@ def sft_warmup(
     model.train()
     result = SFTResult(steps=steps)
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="SFT warm-up", unit="step")
+    # About 8 progress lines whatever the length (at the early-stop checks when there are any).
+    log_every = max(1, steps // 8)
+    if stop_when is not None:
+        log_every = check_every * max(1, round(log_every / check_every))
     try:
         for step in range(1, steps + 1):
             batch_idx = []
@@ -164,23 +164,22 @@ def sft_warmup(
             result.losses.append(float(loss.item()))
             if on_step is not None:
                 on_step(step, result.losses[-1])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+            score = None
             if stop_when is not None and step % check_every == 0 and step < steps:
                 score = stop_when(step)
                 model.train()
-                if score is not None:
-                    result.checks.append((step, float(score)))
-                    if score >= stop_at:
-                        result.steps, result.stopped_early = step, True
-                        logger.info(
-                            "SFT warm-up: stop criterion %.3f >= %.3f at step %d", score, stop_at, step
-                        )
-                        break
+            if progress and step % log_every == 0:
+                check = "" if score is None else f", val score {score:.3f} (hands over at {stop_at:.2f})"
+                logger.info("SFT warm-up step %d/%d: loss %.3f%s", step, steps, result.losses[-1], check)
+            if score is not None:
+                result.checks.append((step, float(score)))
+                if score >= stop_at:
+                    result.steps, result.stopped_early = step, True
+                    logger.info(
+                        "SFT warm-up hands over at step %d: val score %.3f >= %.2f", step, score, stop_at
+                    )
+                    break
     finally:
-        if bar is not None:
-            bar.close()
         model.train(was_training)
         optimizer.zero_grad(set_to_none=True)
     result.seconds = time.perf_counter() - t0

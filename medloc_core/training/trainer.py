@@ -8,15 +8,20 @@ import functools
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from medloc_core.model.cpu_kernels import compact_log_probs
 from medloc_core.training import checkpoints
+from medloc_core.training.callbacks import ProgressLogCallback
 from medloc_core.training.config import TrainingConfig, trl_field_names
 from medloc_core.training.shared_prefix import shared_prefix_generate, shared_prefix_log_probs
 
 logger = logging.getLogger(__name__)
+
+#: How many GRPO progress lines a run logs (one every max_steps // PROGRESS_LINES steps).
+PROGRESS_LINES = 10
 
 
 def medloc_grpo_trainer(
@@ -29,15 +34,32 @@ def medloc_grpo_trainer(
 ) -> Any:
     """A :class:`MedLocGRPOTrainer` (TRL's ``GRPOTrainer`` arguments in ``kwargs``) with its MedLoc collaborators:
     the ``adapter`` kind, the ``base_model`` an MLAE adapter is saved against, and the ``curriculum_callback``
-    whose state completes every checkpoint. The class is built on first use: importing TRL costs seconds."""
-    return _trainer_class()(
+    whose state completes every checkpoint. ``progress``: about :data:`PROGRESS_LINES` progress lines in the log
+    instead of transformers' progress bar and per-step dicts (off: neither). The class is built on first use:
+    importing TRL costs seconds."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = _trainer_class()(
         adapter=adapter, base_model=base_model, curriculum_callback=curriculum_callback, **kwargs
     )
+    # TRL's per-step dicts (~850 characters each) go to MLflow; the console gets ProgressLogCallback's lines.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress and curriculum_callback is not None:
+        every = max(1, trainer.args.max_steps // PROGRESS_LINES) if trainer.args.max_steps > 0 else 10
+        trainer.add_callback(ProgressLogCallback(curriculum_callback, every))
+    return trainer
 
 
 @functools.cache
 def _trainer_class() -> type:
     from trl import GRPOTrainer
+
+    # TRL reads the deprecated alias `is_gradient_checkpointing` whenever it generates (trl/models/utils.py),
+    # a FutureWarning per call that no setting of ours can avoid.
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
 
     class MedLocGRPOTrainer(GRPOTrainer):
         """GRPOTrainer with checkpoint handling that really restores Qwen2.5-VL weights and MLAE adapters."""
@@ -207,6 +229,9 @@ def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: 
         data_seed=config.seed,
         dataloader_num_workers=0,
     )
+    # transformers 5 renamed gradient_checkpointing (a deprecated alias that warns) to activation_checkpointing.
+    if "activation_checkpointing" in names:
+        shared["activation_checkpointing"] = shared.pop("gradient_checkpointing")
     return GRPOConfig(
         **shared,
         **dict(config.trl),
@@ -215,5 +240,5 @@ def build_grpo_config(config: TrainingConfig, output_dir: Path, reward_weights: 
         # TRL's own MLflow integration logs all its metrics into the pipeline's run when one is active.
         report_to=["mlflow"] if _mlflow_run_active() else [],
         remove_unused_columns=False,
-        disable_tqdm=not config.progress,
+        disable_tqdm=True,  # progress lines come from ProgressLogCallback
     )
