@@ -25,6 +25,8 @@ def evaluate_model(
     """Evaluate on the held-out split; log metrics, predictions and a grid of boxes drawn on test images."""
     import mlflow
 
+    from medloc_core.registry.versions import EVAL_TABLE_ARTIFACT  # lazy: imports mlflow
+
     split = config.split
     options = config.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})
     folder = run_folder("evaluation")
@@ -35,6 +37,10 @@ def evaluate_model(
     mlflow.log_metrics(mlflow_metrics(metrics))
     predictions.to_csv(folder / "predictions.csv", index=False)
     mlflow.log_artifact(str(folder / "predictions.csv"), artifact_path="evaluation")
+    # the rows evaluated, so `medloc evaluate --model models:/medloc-grounder/N` finds them without --data
+    eval_rows = prepared if split in (None, "all") else prepared[prepared["split"] == split]
+    eval_rows.to_parquet(folder / Path(EVAL_TABLE_ARTIFACT).name, index=False)
+    mlflow.log_artifact(str(folder / Path(EVAL_TABLE_ARTIFACT).name), artifact_path="evaluation")
     log_prediction_grid(prepared, predictions, folder / "test_predictions.png")
     mlflow.log_artifact(str(folder / "test_predictions.png"), artifact_path="plots")
 

@@ -31,7 +31,7 @@ def ingest_data(
         raise ValueError("data.sources: no dataset to ingest")
     sources = [s.model_dump(exclude_none=True) for s in config.sources]
     records, quarantine, report = ingest_sources(
-        sources, max_quarantine_fraction=config.max_quarantine_fraction
+        sources, max_quarantine_fraction=config.max_quarantine_fraction, progress=False
     )
     pipeline_mlflow_run()
     mlflow.log_params(

@@ -11,6 +11,27 @@ from mlflow_server import mlflow_server, mlflow_server_uri  # noqa: F401  (sessi
 from s3_server import mlflow_s3, s3  # noqa: F401  (module fixtures: loopback S3 and an MLflow server on it)
 
 
+@pytest.fixture()
+def server_env(mlflow_server_uri, tmp_path, monkeypatch):  # noqa: F811
+    """Point MLflow (env and client) at the session's server and start from an empty registry."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from medloc_core.registry.versions import MODEL_NAME
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_uri)
+    monkeypatch.setenv("MEDLOC_HOME", str(tmp_path / "medloc_home"))
+    mlflow.set_tracking_uri(mlflow_server_uri)
+    client = MlflowClient(tracking_uri=mlflow_server_uri, registry_uri=mlflow_server_uri)
+    try:
+        client.delete_registered_model(MODEL_NAME)
+    except mlflow.exceptions.MlflowException:
+        pass
+    yield client
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
 @pytest.fixture(scope="session")
 def answering_model_dir(tmp_path_factory) -> str:
     """A stand-in trained (in code) to always answer ``ANSWER_BOX``: inference, registry and SFT tests."""

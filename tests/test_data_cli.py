@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from medloc_core.cli import main
 
@@ -136,3 +138,38 @@ def test_cli_subprocess_synth_and_ingest(tmp_path):
         timeout=300,
     )
     assert "--max-quarantine-fraction" in help_text.stdout
+
+
+@pytest.mark.slow
+def test_own_data_through_the_cli_takes_the_run_configs_settings(tmp_path, capsys, monkeypatch):
+    """`medloc data preprocess --config` and `medloc train --config` with the same run config agree with each
+    other and with the pipeline: the preprocessing block is the defaults, the table's manifest gives training its
+    answer style and pixel bounds."""
+    import yaml
+
+    monkeypatch.setenv("MEDLOC_HOME", str(tmp_path / "home"))
+    config = Path(__file__).resolve().parents[1] / "configs" / "medloc_training_local.yaml"
+    block = yaml.safe_load(config.read_text())["parameters"]["preprocessing"]
+    data, out, prep = tmp_path / "d", tmp_path / "o", tmp_path / "p"
+    assert main(["data", "synth", "--kind", "tn3k", "--n", "12", "--out", str(data), "--workers", "1"]) == 0
+    assert (
+        main(["data", "ingest", "--format", "tn3k", "--root", str(data), "--out", str(out), "--no-progress"])
+        == 0
+    )
+    args = ["data", "preprocess", "--records", str(out / "records.parquet"), "--out", str(prep)]
+    assert main([*args, "--config", str(config)]) == 0
+    manifest = json.loads((prep / "preprocess_manifest.json").read_text())
+    for key in ("answer_style", "min_pixels", "max_pixels"):
+        assert manifest[key] == block[key], key
+    assert main([*args, "--config", str(config), "--answer-style", "think"]) == 0  # a flag overrides its key
+    assert json.loads((prep / "preprocess_manifest.json").read_text())["answer_style"] == "think"
+    assert main([*args, "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert main([*args, "--config", str(config)]) == 0
+    capsys.readouterr()
+
+    code = main(
+        ["train", "--data", str(prep / "prepared.parquet"), "--config", str(config), "--out", str(tmp_path / "run"),
+         "--set", "max_steps=1", "--set", "sft_warmup_steps=0", "--set", "save_steps=0"]
+    )  # fmt: skip
+    assert code == 0 and json.loads(capsys.readouterr().out)["steps"] == 1

@@ -58,25 +58,6 @@ def test_cli_constants_match_registry():
 # ------------------------------------------------------------------------------ against a real server
 
 
-@pytest.fixture()
-def server_env(mlflow_server_uri, tmp_path, monkeypatch):  # noqa: F811
-    """Point MLflow (env and client) at the session's server and start from an empty registry."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_uri)
-    monkeypatch.setenv("MEDLOC_HOME", str(tmp_path / "medloc_home"))
-    mlflow.set_tracking_uri(mlflow_server_uri)
-    client = MlflowClient(tracking_uri=mlflow_server_uri, registry_uri=mlflow_server_uri)
-    try:
-        client.delete_registered_model(versions.MODEL_NAME)
-    except mlflow.exceptions.MlflowException:
-        pass
-    yield client
-    if mlflow.active_run() is not None:
-        mlflow.end_run()
-
-
 def _aliases(client) -> dict[str, int]:
     model = client.get_registered_model(versions.MODEL_NAME)
     return {alias: int(version) for alias, version in (model.aliases or {}).items()}

@@ -118,21 +118,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--records", required=True, help="records.parquet from `medloc data ingest`")
     prep.add_argument("--out", required=True, help="output folder")
-    prep.add_argument("--seed", type=int, default=0)
     prep.add_argument(
-        "--split-fractions",
-        type=_fractions,
-        default=(0.8, 0.1, 0.1),
-        help="train,val,test (default 0.8,0.1,0.1)",
+        "--config",
+        type=Path,
+        default=None,
+        help="a run config: its preprocessing block gives every default below (the pipeline's settings; "
+        "`medloc train --config` with the same file then agrees); without it, the block's own defaults",
+    )
+    prep.add_argument("--seed", type=int, default=None)
+    prep.add_argument(
+        "--split-fractions", type=_fractions, default=None, help="train,val,test, e.g. 0.8,0.1,0.1"
     )
     prep.add_argument(
         "--ignore-existing-splits", action="store_true", help="re-split everything, ignoring official splits"
     )
-    prep.add_argument("--min-pixels", type=int, default=None, help="Qwen2.5-VL min_pixels (default 3136)")
-    prep.add_argument("--max-pixels", type=int, default=None, help="Qwen2.5-VL max_pixels (default 1003520)")
-    prep.add_argument("--answer-style", choices=("think", "answer"), default="think")
+    prep.add_argument("--min-pixels", type=int, default=None, help="Qwen2.5-VL min_pixels")
+    prep.add_argument("--max-pixels", type=int, default=None, help="Qwen2.5-VL max_pixels")
+    prep.add_argument("--answer-style", choices=("think", "answer"), default=None)
     prep.add_argument(
-        "--prior-knowledge", action="store_true", help="prepend medical prior knowledge (VRFT-Aug)"
+        "--prior-knowledge",
+        action="store_true",
+        default=None,
+        help="prepend medical prior knowledge (VRFT-Aug)",
     )
     prep.set_defaults(func=_preprocess)
 
@@ -203,24 +210,28 @@ def _ingest(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from medloc_core.data.preprocess import preprocess
     from medloc_core.data.records import read_records
+    from medloc_core.run_config import ConfigError, load_run_config, parse_block, preprocess_kwargs
 
-    kwargs: dict = {}
-    if args.min_pixels is not None:
-        kwargs["min_pixels"] = args.min_pixels
-    if args.max_pixels is not None:
-        kwargs["max_pixels"] = args.max_pixels
     try:
-        records = read_records(args.records)
-        prepared, manifest = preprocess(
-            records,
-            seed=args.seed,
-            split_fractions=args.split_fractions,
-            honour_existing_splits=not args.ignore_existing_splits,
-            answer_style=args.answer_style,
-            prior_knowledge=args.prior_knowledge,
-            **kwargs,
+        # One home for the defaults: the run config's preprocessing block (or the block's own defaults), as the
+        # pipeline's preprocess step gets it; a flag given here overrides its key.
+        block = (
+            load_run_config(args.config)["preprocessing"] if args.config else parse_block("preprocessing", {})
         )
-    except (FileNotFoundError, ValueError) as exc:
+        flags = {
+            "seed": args.seed,
+            "split_fractions": args.split_fractions,
+            "min_pixels": args.min_pixels,
+            "max_pixels": args.max_pixels,
+            "answer_style": args.answer_style,
+            "prior_knowledge": args.prior_knowledge,
+        }
+        options = {**preprocess_kwargs(block), **{k: v for k, v in flags.items() if v is not None}}
+        if args.ignore_existing_splits:
+            options["honour_existing_splits"] = False
+        records = read_records(args.records)
+        prepared, manifest = preprocess(records, **options)
+    except (FileNotFoundError, ValueError, ConfigError) as exc:
         print(f"medloc data preprocess: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)

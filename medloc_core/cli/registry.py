@@ -11,7 +11,9 @@ import json
 import logging
 import math
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from medloc_core.evaluation.runner import EvaluationConfig
 from medloc_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb
@@ -166,22 +168,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _read_table(path: Path) -> Any:
+    """A prepared table from ``.parquet`` or ``.csv``; anything else is a one-line :class:`ValueError`."""
     import pandas as pd
+
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow/pandas raise many kinds; the user needs one line
+        kind = "a CSV" if path.suffix == ".csv" else "a parquet"
+        raise ValueError(
+            f"--data {str(path)!r} is not {kind} table of prepared records ({type(exc).__name__}); write one with "
+            "`medloc data preprocess`, or leave --data out to use the table the model's run evaluated"
+        ) from None
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from medloc_core.evaluation.metrics import metrics_table
     from medloc_core.evaluation.runner import evaluate_model
     from medloc_core.registry import versions
 
-    data = Path(args.data)
-    if not data.is_file():
-        raise FileNotFoundError(f"--data {args.data!r} does not exist")
-    df = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
-    if versions.is_model_uri(args.model):
+    if versions.is_model_uri(args.model) or args.data is None:
         _use_tracking_uri()
     try:
+        if args.data is None:  # the table the model's own pipeline run evaluated
+            scratch = Path(tempfile.mkdtemp(prefix="medloc-eval-"))
+            data = versions.evaluation_table(args.model, scratch)
+        else:
+            data = Path(args.data)
+            if not data.is_file():
+                raise FileNotFoundError(f"--data {args.data!r} does not exist")
+        df = _read_table(data)
         model_dir = versions.resolve_model_dir(args.model)
-    except versions.NoModelAtAliasError as exc:
+    except (FileNotFoundError, ValueError, versions.NoModelAtAliasError) as exc:
         print(f"medloc evaluate: {exc}", file=sys.stderr)
         return 2
     metrics, predictions = evaluate_model(
@@ -265,8 +286,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="A@0.5, A@0.8, pseudo-mAP, mIoU (+95%% bootstrap CIs) of a model on prepared data",
     )
-    p.add_argument("--model", required=True, help="MLflow model URI or local model folder")
-    p.add_argument("--data", required=True, help="prepared records (.parquet or .csv)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="MLflow model URI (models:/medloc-grounder/3, ...@champion) or local folder",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="prepared records (.parquet or .csv); default: the table the model's pipeline run evaluated",
+    )
     p.add_argument("--split", default="test", help="split to evaluate, or 'all'")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     p.add_argument("--max-new-tokens", type=int, default=_EVAL.max_new_tokens)

@@ -162,11 +162,17 @@ def _close_process_group() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medloc_core.run_config import parse_block
+    from medloc_core.run_config import FROM_PREPROCESSING, parse_block
     from medloc_core.training.session import train
 
     # The pipeline's own `training:` block model: the same keys, defaults and checks as a pipeline run.
     config = parse_block("training", load_training_config(args.config, args.overrides))
+    manifest = Path(args.data).with_name("preprocess_manifest.json")
+    if (
+        manifest.is_file()
+    ):  # as in the pipeline: the table's answer style and pixel bounds are the preprocessing's
+        written = json.loads(manifest.read_text(encoding="utf-8"))
+        config = config.model_copy(update={k: written[k] for k in FROM_PREPROCESSING if k in written})
     if config.accelerate is not None:
         raise ValueError("training.accelerate: run `accelerate launch -m medloc_core.cli train ...` instead")
     df = read_table(args.data)

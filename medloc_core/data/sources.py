@@ -41,7 +41,7 @@ def resolve_root(root: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def materialize_synthetic(root: Path, synth: Mapping[str, Any]) -> None:
+def materialize_synthetic(root: Path, synth: Mapping[str, Any], *, progress: bool = True) -> None:
     """Generate the synthetic dataset described by ``synth`` into ``root`` unless that exact one is there.
 
     A folder generated earlier from a different spec (another ``n``, seed, size...) is regenerated; a folder
@@ -68,7 +68,7 @@ def materialize_synthetic(root: Path, synth: Mapping[str, Any]) -> None:
     logger.info("generating synthetic %s dataset in %s", spec.get("kind"), root)
     root.mkdir(parents=True, exist_ok=True)
     in_progress.write_text(spec_json)
-    generate(spec.pop("kind"), root, n=int(spec.pop("n")), difficulty=difficulty, **spec)
+    generate(spec.pop("kind"), root, n=int(spec.pop("n")), difficulty=difficulty, progress=progress, **spec)
     spec_file.write_text(spec_json)
     in_progress.unlink()
 
@@ -78,8 +78,10 @@ def ingest_sources(
     *,
     max_quarantine_fraction: float = 0.2,
     base_dir: Path | None = None,
+    progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Read every source; return ``(records, quarantine, report)``.
+    """Read every source; return ``(records, quarantine, report)``. ``progress``: progress bars while
+    generating and reading images (off in the pipeline, whose log reports the counts instead).
 
     The quarantine limit applies to all sources together and is checked after every source was read, so the
     report covers all of them. Relative roots are resolved against ``base_dir`` (default: the working folder).
@@ -89,11 +91,15 @@ def ingest_sources(
     base_dir = base_dir or Path.cwd()
     secrets = masking.deferred_names(list(sources))
     with masking.masked_logs(secrets):
-        return _ingest(sources, max_quarantine_fraction, base_dir, secrets)
+        return _ingest(sources, max_quarantine_fraction, base_dir, secrets, progress)
 
 
 def _ingest(
-    sources: Sequence[Mapping[str, Any]], max_quarantine_fraction: float, base_dir: Path, secrets: set[str]
+    sources: Sequence[Mapping[str, Any]],
+    max_quarantine_fraction: float,
+    base_dir: Path,
+    secrets: set[str],
+    progress: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     records, quarantines, manifests = [], [], []
     for index, source in enumerate(sources):
@@ -106,9 +112,11 @@ def _ingest(
         # ${secret:NAME} placeholders (masking.py) get their values only here, where they are used
         root = resolve_root(masking.reveal(source["root"]), base_dir)
         if source.get("synth"):
-            materialize_synthetic(root, masking.reveal(source["synth"]))
+            materialize_synthetic(root, masking.reveal(source["synth"]), progress=progress)
         options = masking.reveal(dict(source.get("options") or {}))
-        result = read_dataset(source["format"], root, max_quarantine_fraction=None, **options)
+        result = read_dataset(
+            source["format"], root, max_quarantine_fraction=None, progress=progress, **options
+        )
         records.append(result.records)
         quarantines.append(result.quarantine)
         manifests.append(result.manifest)

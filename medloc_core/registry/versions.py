@@ -336,3 +336,51 @@ def resolve_model_dir(model: str | os.PathLike, *, dst: str | os.PathLike | None
             f"{text}: not a {MODEL_NAME} pyfunc model (no '{MODEL_ARTIFACT}' artifact in its MLmodel)"
         )
     return local / entry["path"]
+
+
+#: Where the evaluate step logs the rows it evaluated (the prepared table's eval split), in the pipeline run.
+EVAL_TABLE_ARTIFACT = "evaluation/eval_set.parquet"
+
+
+def source_run_id(model: str, *, client: Any = None) -> str:
+    """The pipeline run behind ``model``: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/...``
+    or a bare run id."""
+    text = str(model)
+    if text.startswith("runs:/"):
+        return text.removeprefix("runs:/").split("/", 1)[0]
+    if not text.startswith("models:/"):
+        return text
+    client = _client(client)
+    name, _, ref = text.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        require_alias(text, client=client)
+    try:
+        version = (
+            client.get_model_version_by_alias(name, alias)
+            if "@" in text
+            else client.get_model_version(name, ref)
+        )
+    except MlflowException:
+        raise FileNotFoundError(f"{model}: no such registered model version") from None
+    return version.tags.get(TAG_RUN_ID) or version.run_id
+
+
+def evaluation_table(model: str, dst: str | os.PathLike, *, client: Any = None) -> Path:
+    """Download the table the pipeline run behind ``model`` evaluated (:data:`EVAL_TABLE_ARTIFACT`) into ``dst``;
+    a one-line :class:`FileNotFoundError` when that run logged none (runs before it was logged, or no run)."""
+    if Path(str(model)).exists():
+        raise FileNotFoundError(
+            f"{model}: a local model folder has no pipeline run to take the table from; pass --data"
+        )
+    run_id = source_run_id(model, client=client)
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=EVAL_TABLE_ARTIFACT, dst_path=str(dst)
+        )
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(
+            f"{model}: run {run_id} has no {EVAL_TABLE_ARTIFACT} ({first[:200]}); pass --data"
+        ) from None
+    return Path(path)

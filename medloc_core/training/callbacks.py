@@ -315,11 +315,12 @@ class ProgressLogCallback(_transformers_callback_base()):  # type: ignore[misc]
     def __init__(self, curriculum: CurriculumCallback, every: int) -> None:
         self.curriculum, self.every = curriculum, max(1, every)
         self._t0: float | None = None
-        self._first_step = 0
+        self._first_step = self._last_line = 0
         self._tau_start: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0, self._first_step = time.perf_counter(), state.global_step
+        self._last_line = state.global_step
         self._tau_start = self.curriculum._threshold()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -328,20 +329,27 @@ class ProgressLogCallback(_transformers_callback_base()):  # type: ignore[misc]
             return
         if step % self.every and step != state.max_steps:
             return
-        row = self.curriculum.history[-1] if self.curriculum.history else {}
-        if row.get("step") != step:
-            row = {}
+        # means over the steps since the last line: one step's values are too noisy to read
+        rows = [r for r in self.curriculum.history if self._last_line < r["step"] <= step]
+        self._last_line = step
+
+        def mean(key: str) -> float:
+            values = [float(r[key]) for r in rows if r.get(key) is not None]
+            return sum(values) / len(values) if values else float("nan")
+
         done = step - self._first_step
         per_step = (time.perf_counter() - self._t0) / done if self._t0 is not None and done > 0 else 0.0
-        tau = row.get("curriculum/threshold")
+        tau = self.curriculum._threshold()
         logger.info(
-            "GRPO step %d/%d: τ %s, reward %.2f, mean IoU %.3f, dead groups %.2f, %.2f s/step, ~%.0f s left",
+            "GRPO step %d/%d: τ %s; over the last %d steps: reward %.2f, mean IoU %.3f, dead groups %.2f; "
+            "%.2f s/step, ~%.0f s left",
             step,
             state.max_steps,
             "—" if tau is None else f"{tau:.2f}",
-            float(logs.get("reward", float("nan"))),
-            float(row.get("train/iou_mean", float("nan"))),
-            float(logs.get("frac_reward_zero_std", float("nan"))),
+            len(rows),
+            mean("train/reward"),
+            mean("train/iou_mean"),
+            mean("train/frac_reward_zero_std"),
             per_step,
             per_step * (state.max_steps - step),
         )
