@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import pandas as pd
 from zenml import get_step_context, step
 
+from medloc_core.data.templates import default_query
 from medloc_core.run_config import RegistrationConfig
 from medloc_core.run_summary import summary_lines
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
@@ -51,6 +52,8 @@ def register_model(
         max_new_tokens=max_new_tokens,  # the evaluation's: the served model generates as it was measured
         history_tail=training_summary.get("history_tail", []),
         settings=config,
+        # a request without a query gets the training query of the (first) dataset the model learned
+        default_query=default_query(next(iter(manifest["counts"]["by_dataset"]), ""), ""),
     )
     if result["registered"]:
         _link_control_plane(result["version"], result["promoted"], result["reasons"], metrics)

@@ -185,7 +185,7 @@ def test_model_is_logged_from_code_not_pickled(mlflow_server_uri, tiny_model_dir
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert mlmodel["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models-from-code
     assert (local / "served_model.py").is_file()
-    assert mlmodel["config"] == {"answer_style": "think", "max_new_tokens": 8}
+    assert mlmodel["config"] == {"answer_style": "think", "max_new_tokens": 8, "default_query": ""}
     assert (
         local / "code" / "medloc_core" / "registry" / "versions.py"
     ).is_file()  # the package travels with the model

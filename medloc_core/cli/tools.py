@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -72,10 +71,10 @@ def _run(command: list[str], dry_run: bool) -> int:
     if dry_run:
         print(shlex.join(command))
         return 0
-    try:
-        return subprocess.call(command, env=tool_environment())
-    except KeyboardInterrupt:
-        return 130
+    sys.stdout.flush()
+    # The tool replaces this process: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly.
+    os.execvpe(command[0], command, tool_environment())
+    return 1  # not reached
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -245,11 +245,13 @@ def register_and_promote(
     max_new_tokens: int,
     history_tail: list[Mapping[str, Any]],
     settings: Any,
+    default_query: str | None = None,
 ) -> dict[str, Any]:
     """A pipeline run's registration: refuse a broken model (``registration_blockers``, tagged on the
     run), else register it as ``challenger`` (served with the prompt style and generation length it was
-    evaluated with) and pass it through the gate. ``settings`` is a
-    ``run_config.RegistrationConfig``. Returns ``{registered, promoted, reasons[, model_name, version]}``."""
+    evaluated with) and pass it through the gate. ``settings`` is a ``run_config.RegistrationConfig``;
+    ``default_query`` is served when a request has no query. Returns ``{registered, promoted, reasons[,
+    model_name, version]}``."""
     if not settings.register_model:
         return {"registered": False, "promoted": False, "reasons": ["registration disabled by config"]}
     blockers = registration_blockers(metrics, history_tail)
@@ -265,6 +267,7 @@ def register_and_promote(
         base_metrics=base_metrics or None,
         answer_style=answer_style,
         max_new_tokens=max_new_tokens,
+        default_query=default_query,
     )
     decision = promote_if_better(
         version,

@@ -164,6 +164,7 @@ class MedLocGrounderModel(PythonModel):
     _skip_type_hint_validation = True
 
     def __init__(self, answer_style: str = "think", max_new_tokens: int = 128, device: str = "cpu") -> None:
+        self.default_query: str | None = None
         self.answer_style = answer_style
         self.max_new_tokens = max_new_tokens
         self.device = device
@@ -173,6 +174,7 @@ class MedLocGrounderModel(PythonModel):
 
         config = dict(getattr(context, "model_config", None) or {})
         self.answer_style = str(config.get("answer_style", self.answer_style))
+        self.default_query = config.get("default_query") or None  # the query the model was trained with
         self.max_new_tokens = int(config.get("max_new_tokens", self.max_new_tokens))
         device = os.environ.get("MEDLOC_DEVICE", str(config.get("device", self.device)))
         self._predictor = BoxPredictor(
@@ -188,10 +190,8 @@ class MedLocGrounderModel(PythonModel):
             df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"input must be a table with columns 'image' and 'query': {exc}") from None
-        if "image" not in df.columns or ("query" not in df.columns and "prompt_text" not in df.columns):
-            raise BadRequest(
-                f"input needs columns 'image' and 'query' (or 'prompt_text'); got {list(df.columns)}"
-            )
+        if "image" not in df.columns:
+            raise BadRequest(f"input needs a column 'image' (and optionally 'query'); got {list(df.columns)}")
         params = dict(params or {})
         pictures = [load_image(v, row=i) for i, v in enumerate(df["image"])]
         prompts = []
@@ -202,7 +202,9 @@ class MedLocGrounderModel(PythonModel):
                 continue
             query = df["query"].iloc[i] if "query" in df.columns else None
             if not isinstance(query, str) or not query.strip():
-                raise BadRequest(f"row {i}: column 'query' is empty")
+                query = self.default_query
+            if query is None:
+                raise BadRequest(f"row {i}: no 'query' (this model has no default query)")
             prompts.append(build_prompt_text(query, answer_style=self.answer_style))
         predictor = self._predictor
         try:
@@ -252,12 +254,18 @@ def signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def input_example() -> pd.DataFrame:
-    """One request in the served format: a small base64 PNG and a query."""
+def input_example(query: str | None = None) -> pd.DataFrame:
+    """One request in the served format: a dermoscopy-like image (base64 JPEG, 300 x 225 px, the synthetic
+    HAM10000 renderer's) and ``query``, or no query column at all (the model's default query is used)."""
     from PIL import Image
 
-    image = Image.new("RGB", (64, 48), (90, 90, 90))
-    return pd.DataFrame({"image": [encode_image(image)], "query": ["Where is the lesion?"]})
+    from medloc_core.data.synth_render import Difficulty, render_dermoscopy
+
+    pixels, _ = render_dermoscopy((7,), (7,), 300, 225, Difficulty())
+    frame = pd.DataFrame({"image": [encode_image(Image.fromarray(pixels), fmt="JPEG")]})
+    if query is not None:
+        frame["query"] = [query]
+    return frame
 
 
 def pip_requirements() -> list[str]:

@@ -175,13 +175,16 @@ def log_and_register(
     base_metrics: Mapping[str, Any] | None = None,
     answer_style: str = "think",
     max_new_tokens: int = 128,
+    default_query: str | None = None,
     client: Any = None,
 ) -> int:
     """Log ``model_dir`` (a saved Qwen2.5-VL folder with its processor) as a pyfunc and register it.
 
     Runs in ``run_id`` if given, else in the active run, else in a new run of experiment ``medloc``. The new
     version of ``medloc-grounder`` gets alias ``challenger`` and tags: the evaluation ``metrics`` (and
-    ``base_metrics`` under ``base/``), ``medloc.eval_set_hash`` and ``medloc.run_id``. Returns the version number.
+    ``base_metrics`` under ``base/``), ``medloc.eval_set_hash`` and ``medloc.run_id``. ``default_query``: the
+    query the served model answers when a request has none (the one it was trained with). Returns the version
+    number.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
@@ -208,11 +211,16 @@ def log_and_register(
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "registry" / "served_model.py"),
-            model_config={"answer_style": answer_style, "max_new_tokens": max_new_tokens},
+            model_config={
+                "answer_style": answer_style,
+                "max_new_tokens": max_new_tokens,
+                "default_query": default_query or "",
+            },
             code_paths=[str(package)],
             artifacts={MODEL_ARTIFACT: str(model_dir)},
             signature=signature(),
-            input_example=input_example(),
+            # without a default query the example carries one; with it, the example shows that none is needed
+            input_example=input_example(None if default_query else "Where is the lesion?"),
             pip_requirements=pip_requirements(),
         )
         logged_run_id = run.info.run_id
