@@ -16,6 +16,22 @@ from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
 
+#: Training settings named on the model card (``training.<key>`` params of the pipeline run).
+RECIPE_KEYS = (
+    "model_name_or_path",
+    "adapter",
+    "schedule",
+    "curriculum.tau0",
+    "curriculum.tau_target",
+    "sft_warmup_steps",
+    "max_steps",
+    "num_generations",
+    "learning_rate",
+    "temperature",
+    "reward_parser",
+    "seed",
+)
+
 
 @step(experiment_tracker=True)
 def register_model(
@@ -32,6 +48,7 @@ def register_model(
     """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
     import mlflow
 
+    from medloc_core.registry.card import model_card, write_model_card
     from medloc_core.registry.promote import register_and_promote
     from medloc_core.registry.versions import MODEL_NAME
 
@@ -57,6 +74,16 @@ def register_model(
     )
     if result["registered"]:
         _link_control_plane(result["version"], result["promoted"], result["reasons"], metrics)
+        params = mlflow.get_run(run.info.run_id).data.params  # the resolved training block, logged by train
+        card = model_card(
+            training=training_summary,
+            metrics=metrics,
+            base_metrics=base_metrics,
+            manifest=manifest,
+            recipe={key: params[f"training.{key}"] for key in RECIPE_KEYS if f"training.{key}" in params},
+            run_id=run.info.run_id,
+        )
+        write_model_card(mlflow.MlflowClient(), MODEL_NAME, result["version"], card)
     for line in summary_lines(
         training_summary, metrics, base_metrics, result, model_name=MODEL_NAME, links=_links(run)
     ):

@@ -152,6 +152,20 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
     assert version.tags["medloc.run_id"] == run.info.run_id
     assert version.tags["medloc.promotion.decision"] in {"promoted", "rejected"}
     assert version.description.startswith("Promotion gate: ")
+    # the model card follows the gate's decision: recipe, data, curriculum trace, metrics with intervals, limits
+    card = version.description.partition("## Model card")[2]
+    for part in (
+        "Intended use and limits",
+        "not a medical device",
+        "schedule: medloc",
+        "Curriculum trace",
+        "GRPO: ",
+        "A@0.5 ",
+        " vs ",
+        "records (",
+    ):
+        assert part.lower() in card.lower(), (part, card)
+    assert "not a medical device" in client.get_registered_model("medloc-grounder").description
     # the evaluation metrics are metrics of the MLflow 3 logged model, not string tags on the version
     from medloc_core.registry.versions import logged_model_id
 

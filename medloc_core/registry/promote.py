@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 
 from medloc_core.registry import versions
+from medloc_core.registry.card import CARD_HEADING
 from medloc_core.registry.gate import TAG_SKIPPED, PromotionDecision, decide_promotion, registration_blockers
 from medloc_core.registry.versions import (
     _MAX_TAG_VALUE,
@@ -37,12 +38,15 @@ logger = logging.getLogger(__name__)
 
 def _record_decision(client: Any, version: int, decision: PromotionDecision, *, forced: bool) -> None:
     verdict = ("promoted" if decision.promote else "rejected") + (" (forced)" if forced else "")
-    # A readable description on the version page: the verdict and the gate's reasons.
+    # A readable description on the version page: the verdict and the gate's reasons, then the model card
+    # (registry/card.py) if the version has one.
+    gate = f"Promotion gate: {verdict} to {CHAMPION}. " + " ".join(
+        r.rstrip(".") + "." for r in decision.reasons
+    )
+    current = client.get_model_version(MODEL_NAME, str(version)).description or ""
+    _, sep, card = current.partition(CARD_HEADING)
     client.update_model_version(
-        MODEL_NAME,
-        str(version),
-        description=f"Promotion gate: {verdict} to {CHAMPION}. "
-        + " ".join(r.rstrip(".") + "." for r in decision.reasons),
+        MODEL_NAME, str(version), description=gate + (f"\n\n{sep}{card}" if sep else "")
     )
     client.set_model_version_tag(MODEL_NAME, str(version), TAG_DECISION, verdict)
     client.set_model_version_tag(
