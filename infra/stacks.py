@@ -224,4 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ModuleNotFoundError as exc:  # run with a Python that lacks the project's packages
+        sys.exit(
+            f"{sys.argv[0]}: needs the project's Python ({exc.name} is missing): .venv/bin/python {sys.argv[0]} ..."
+        )

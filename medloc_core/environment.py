@@ -50,9 +50,14 @@ def apply(variables: Mapping[str, str]) -> dict[str, str]:
     """Set each variable that is not set yet (what is set wins); return the ones this call set."""
     added = {k: v for k, v in variables.items() if k not in os.environ}
     os.environ.update(added)
-    if "huggingface_hub" in sys.modules and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
-        # huggingface_hub reads the variable once, at import
-        from huggingface_hub.utils import disable_progress_bars
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
+        # huggingface_hub and transformers read the variable once, at import: tell them if they came first
+        if "huggingface_hub" in sys.modules:
+            from huggingface_hub.utils import disable_progress_bars
 
-        disable_progress_bars()
+            disable_progress_bars()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
     return added

@@ -5,7 +5,10 @@ MLflow and ZenML runs to open. Plain functions of the steps' outputs; the regist
 
 from __future__ import annotations
 
+import base64
+import html
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 #: Metrics shown trained vs base, in this order (``eval/<name>``; A@τ in %, mIoU in IoU units).
@@ -95,3 +98,16 @@ def summary_lines(
         lines += [f"  {text}" for text in shown]
     lines.append(_gate_line(promotion, model_name))
     return lines + list(links)
+
+
+def html_report(lines: Sequence[str], card: str, plots: Sequence[Path]) -> str:
+    """One self-contained HTML page: the summary ``lines``, the model ``card`` (Markdown, shown as text) and the
+    PNG ``plots`` embedded (base64), for dashboards that render an artifact (ZenML's HTML visualization)."""
+    images = "".join(
+        f'<h3>{html.escape(p.stem)}</h3><img style="max-width:100%" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
+        for p in plots
+    )
+    summary = "<br/>".join(html.escape(line) for line in lines)
+    card_html = f"<pre>{html.escape(card)}</pre>" if card else ""
+    return f"<html><body><h2>MedLoc run</h2><p>{summary}</p>{card_html}{images}</body></html>"

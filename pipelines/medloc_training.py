@@ -62,6 +62,7 @@ class MedlocTrainingPipeline(Pipeline):
     def with_options(
         self, *args: Any, config_path: str | None = None, **kwargs: Any
     ) -> MedlocTrainingPipeline:
+        environment.apply(environment.QUIET)
         if config_path is not None:
             run_config.load_run_config(config_path)  # exports MEDLOC_HOME (absolute) for ZenML's substitution
             config_path = _deferring_secrets(Path(config_path))
@@ -77,12 +78,14 @@ class MedlocTrainingPipeline(Pipeline):
 
 
 def _deferring_secrets(path: Path) -> str:
-    """``path``, or where its ``parameters:`` have ``${VAR}`` of secret-looking variables, a copy that passes
-    them on as ``${secret:VAR}`` (medloc_core/masking.py): ZenML then records the name, never the value. Other
-    sections (``settings:``, ...) are ZenML's own and keep its substitution."""
+    """``path``, or where its ``parameters:`` have ``${VAR}`` placeholders, a copy with them resolved as ZenML
+    resolves them, except those of secret-looking variables, passed on as ``${secret:VAR}``
+    (medloc_core/masking.py): ZenML then records the name, never the value. ZenML validates the pipeline's
+    typed parameters before it substitutes, so a placeholder in a checked field (a source's ``format``) must be
+    resolved here. Other sections (``settings:``, ...) are ZenML's own and keep its substitution."""
     content = yaml.safe_load(path.read_text(encoding="utf-8"))  # a mapping: load_run_config checked it
     parameters = content.get("parameters") or {}
-    deferred = masking.defer(parameters)
+    deferred = substitute_env_variable_placeholders(masking.defer(parameters))
     if deferred == parameters:
         return str(path)
     text = yaml.safe_dump({**content, "parameters": deferred}, sort_keys=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
-from zenml import step
+from zenml import log_metadata, step
 
 from medloc_core.evaluation.metrics import mlflow_metrics, paired_gain
 from medloc_core.evaluation.runner import EvaluationConfig, eval_set_hash, log_prediction_grid
@@ -65,4 +65,11 @@ def evaluate_model(
         k: metrics[k] for k in ("eval/A@0.5", "eval/A@0.8", "eval/pseudo_mAP", "eval/mIoU") if k in metrics
     }
     logger.info("Evaluation (%s split): %s", split, headline)
+    # the same numbers on the ZenML step (its metadata tab), beside the MLflow run
+    log_metadata(
+        metadata={
+            "evaluation": {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            "evaluation_base": {k: float(v) for k, v in base_metrics.items() if isinstance(v, int | float)},
+        }
+    )
     return metrics, base_metrics, eval_set_hash(prepared, split)

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import pandas as pd
 from zenml import get_step_context, step
+from zenml.types import HTMLString
 
 from medloc_core.data.templates import default_query
 from medloc_core.run_config import RegistrationConfig
-from medloc_core.run_summary import summary_lines
+from medloc_core.run_summary import html_report, summary_lines
 from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def register_model(
     training_summary: dict,
     config: RegistrationConfig,
     max_new_tokens: int,
-) -> Annotated[dict, "promotion"]:
-    """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate."""
+) -> tuple[Annotated[dict, "promotion"], Annotated[HTMLString, "run_report"]]:
+    """Register ``medloc-grounder`` (alias ``challenger``) and promote it to ``champion`` if it beats the gate;
+    the run's report (summary, model card, plots) is an HTML artifact ZenML's dashboard shows."""
     import mlflow
 
     from medloc_core.registry.card import model_card, write_model_card
@@ -72,6 +74,7 @@ def register_model(
         # a request without a query gets the training query of the (first) dataset the model learned
         default_query=default_query(next(iter(manifest["counts"]["by_dataset"]), ""), ""),
     )
+    card = ""
     if result["registered"]:
         _link_control_plane(result["version"], result["promoted"], result["reasons"], metrics)
         params = mlflow.get_run(run.info.run_id).data.params  # the resolved training block, logged by train
@@ -84,11 +87,13 @@ def register_model(
             run_id=run.info.run_id,
         )
         write_model_card(mlflow.MlflowClient(), MODEL_NAME, result["version"], card)
-    for line in summary_lines(
+    lines = summary_lines(
         training_summary, metrics, base_metrics, result, model_name=MODEL_NAME, links=_links(run)
-    ):
+    )
+    for line in lines:
         logger.info(line)
-    return result
+    plots = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="plots"))
+    return result, HTMLString(html_report(lines, card, sorted(plots.glob("*.png"))))
 
 
 def _links(run: Any) -> list[str]:

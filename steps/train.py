@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
-from zenml import step
+from zenml import log_metadata, step
 
 from medloc_core import locks, tracking
 from medloc_core.run_config import FROM_PREPROCESSING
@@ -81,6 +81,9 @@ def train_model(
         summary["final_threshold"],
         summary["peak_rss_mb"],
         result["model_dir"],
+    )
+    log_metadata(
+        metadata={"training": {k: v for k, v in summary.items() if k not in ("history_tail", "sft")}}
     )
     # The base (the policy GRPO started from: the hub id or the SFT warm-up folder) travels as a name/path.
     base_model = (

@@ -74,3 +74,16 @@ def test_ui_and_serve_run_the_tools_of_this_environment_on_the_project_store(tmp
     assert serve[serve.index("-m") + 1] == tools.CHAMPION_URI
     env = tools.tool_environment()
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)  # uvicorn is found
+
+
+def test_the_cron_line_runs_on_the_project_stores(tmp_path):
+    """Cron starts the line with an almost empty environment: the command still finds the project's stores."""
+    line = _medloc("schedule", "cron", "--cron", "0 3 * * *", cwd=tmp_path).strip()
+    command = line.split(" ", 5)[5]  # after the five schedule fields
+    probe = command[: command.index(" schedule run ")] + " env"  # the same program, printing its environment
+    cron_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh"}
+    out = subprocess.run(
+        ["/bin/sh", "-c", probe], env=cron_env, capture_output=True, text=True, check=True
+    ).stdout
+    assert f"export ZENML_CONFIG_PATH={ROOT}/.medloc/zenml/config" in out, out
+    assert f"export MLFLOW_TRACKING_URI=sqlite:///{ROOT}/.medloc/mlflow/mlflow.db" in out, out

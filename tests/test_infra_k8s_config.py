@@ -16,10 +16,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from infra import render_k8s  # noqa: E402
 from infra.validate_manifests import schema_validator_available, validate_model, validate_schema  # noqa: E402
 
 CONFIG_PATH = REPO / "configs" / "medloc_training_k8s.yaml"
-STEPS = ("ingest_data", "preprocess_data", "train_model", "evaluate_model", "register_model")
+STEPS = render_k8s.STEPS
 GPU = "nvidia.com/gpu"
 
 
@@ -28,44 +29,11 @@ def config() -> dict[str, Any]:
     return yaml.safe_load(CONFIG_PATH.read_text())
 
 
-def step_settings(config: dict[str, Any], step: str | None) -> Any:
-    """KubernetesOrchestratorSettings for ``step`` (step-level merged over pipeline-level, as ZenML's compiler
-    does); ``step=None`` gives the pipeline-level settings (those of the orchestrator pod and the CronJob)."""
-    from zenml.integrations.kubernetes.flavors import KubernetesOrchestratorSettings
-    from zenml.utils import pydantic_utils
-
-    pipeline_level = KubernetesOrchestratorSettings.model_validate(
-        config["settings"]["orchestrator.kubernetes"]
-    )
-    step_level = {}
-    if step is not None:
-        step_level = config["steps"].get(step, {}).get("settings", {}).get("orchestrator.kubernetes", {})
-    settings = pydantic_utils.update_model(pipeline_level, update=step_level, recursive=True)
-    assert not settings.model_extra, f"unknown KubernetesOrchestratorSettings keys: {settings.model_extra}"
-    return settings
-
-
 def step_pod(config: dict[str, Any], step: str) -> dict[str, Any]:
-    """The step pod manifest as the orchestrator entrypoint builds it, serialized to a plain dict."""
+    """The step pod manifest as the orchestrator builds it (``infra/render_k8s.py``), as a plain dict."""
     from kubernetes.client import ApiClient
-    from zenml.integrations.kubernetes import kube_utils
-    from zenml.integrations.kubernetes.manifest_utils import build_pod_manifest
 
-    settings = step_settings(config, step)
-    pod_settings = kube_utils.apply_default_resource_requests(
-        memory="400Mi", pod_settings=settings.pod_settings
-    )
-    pod = build_pod_manifest(
-        pod_name=f"medloc-{step.replace('_', '-')}",
-        image_name="registry.example.com/medloc/medloc-step:test",
-        command=["python", "-m", "zenml.entrypoints.step_entrypoint"],
-        args=["--step_name", step],
-        privileged=settings.privileged,
-        pod_settings=pod_settings,
-        service_account_name=settings.step_pod_service_account_name or settings.service_account_name,
-        labels={"step_name": step},
-    )
-    return ApiClient().sanitize_for_serialization(pod)
+    return ApiClient().sanitize_for_serialization(render_k8s.step_pod(config, step))
 
 
 def test_config_is_a_valid_zenml_run_configuration(config):
@@ -128,11 +96,13 @@ def test_every_step_pod_gets_datasets_scratch_and_mlflow_credentials(config):
         spec = step_pod(config, step)["spec"]
         container = spec["containers"][0]
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        assert {"datasets": "/data", "scratch": "/scratch"}.items() <= mounts.items(), step
+        assert {"datasets": "/data", "models": "/models", "scratch": "/scratch"}.items() <= mounts.items(), (
+            step
+        )
         claims = [
             v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v
         ]
-        assert claims == ["medloc-datasets"], step
+        assert claims == ["medloc-datasets", "medloc-models"], step
         assert container["envFrom"] == [{"secretRef": {"name": "medloc-mlflow-client"}}], step
         assert ("dshm" in mounts) == (step == "train_model"), step
 
@@ -146,50 +116,22 @@ def test_parameters_follow_the_gpu_recipe(config):
     assert set(ours) == set(gpu)
     for section in gpu:
         assert set(ours[section]) - {"accelerate"} == set(gpu[section]) - {"accelerate"}, section
-    assert ours["training"]["model_name_or_path"] == gpu["training"]["model_name_or_path"]
+    # the same weights, from the pre-filled volume instead of the hub (no pod downloads them)
+    assert (
+        ours["training"]["model_name_or_path"]
+        == "/models/" + gpu["training"]["model_name_or_path"].split("/")[-1]
+    )
+    assert config["environment"]["HF_HUB_OFFLINE"] == "1"
 
 
 def test_schedule_becomes_a_forbid_cronjob(config):
     from kubernetes.client import ApiClient
-    from zenml.integrations.kubernetes.manifest_utils import (
-        build_cron_job_manifest,
-        build_job_manifest,
-        build_pod_manifest,
-        job_template_manifest_from_job,
-        pod_template_manifest_from_pod,
-    )
 
     from pipelines.schedule import schedule_from_config
 
     schedule = schedule_from_config(CONFIG_PATH)
     assert schedule.cron_expression == "0 3 * * 1" and schedule.name == "medloc-weekly-retrain"
-    settings = step_settings(config, None)
-    pod = build_pod_manifest(
-        pod_name=None,
-        image_name="registry.example.com/medloc/medloc-step:test",
-        command=[
-            "python",
-            "-m",
-            "zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint",
-        ],
-        args=[],
-        privileged=False,
-        pod_settings=settings.orchestrator_pod_settings,
-        service_account_name=settings.service_account_name,
-    )
-    job = build_job_manifest(
-        job_name="medloc-training",
-        pod_template=pod_template_manifest_from_pod(pod),
-        ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
-    )
-    cron = build_cron_job_manifest(
-        job_template=job_template_manifest_from_job(job),
-        cron_expression=schedule.cron_expression,
-        successful_jobs_history_limit=settings.successful_jobs_history_limit,
-        failed_jobs_history_limit=settings.failed_jobs_history_limit,
-        concurrency_policy=settings.concurrency_policy,
-        starting_deadline_seconds=settings.starting_deadline_seconds,
-    )
+    cron = render_k8s.cron_job(config)
     doc = ApiClient().sanitize_for_serialization(cron)
     validate_model(doc, "cronjob")
     if schema_validator_available():
@@ -212,3 +154,20 @@ def test_docker_settings_build_the_repo_dockerfile(config):
     assert (REPO / docker.dockerfile).is_file()
     assert docker.build_context_root == "."
     assert docker.install_stack_requirements is False
+
+
+def test_render_shows_offline_what_the_config_creates(tmp_path, capsys):
+    """`python infra/render_k8s.py CONFIG` for review: every object valid, GPUs on train_model only."""
+    out = tmp_path / "rendered.yaml"
+    assert render_k8s.main([str(CONFIG_PATH), "-o", str(out)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in docs] == ["Pod"] * len(STEPS) + ["CronJob"]
+    for doc in docs:
+        validate_model(doc, str(out))
+    assert render_k8s.main([str(CONFIG_PATH), "--summary"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [("gpus=4" in line) for line in lines] == [step == "train_model" for step in STEPS] + [False]
+    assert "schedule='0 3 * * 1'" in lines[-1] and all("/models" in line for line in lines[:-1])
+    with pytest.raises(SystemExit) as done:
+        render_k8s.main(["--help"])
+    assert done.value.code == 0

@@ -51,6 +51,8 @@ def test_expected_objects_exist():
         ("StatefulSet", "zenml-mysql"),
         ("Secret", "medloc-mlflow-client"),
         ("PersistentVolumeClaim", "medloc-datasets"),
+        ("PersistentVolumeClaim", "medloc-models"),
+        ("Job", "medloc-fill-volumes"),
     }
 
 

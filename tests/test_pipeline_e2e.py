@@ -93,6 +93,16 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         "out = [str(r.steps[s].run_metadata['mlflow_run_id']) for s in ('ingest_data', 'register_model')]",
     )
     assert step_uri == [run.info.run_id] * 2
+    # what ZenML's own dashboard shows: metrics on the steps, the run report (summary, card, plots) as HTML
+    on_steps = zenml_query(
+        env,
+        "r = Client().get_pipeline('medloc_training').last_run; s = r.steps; "
+        "report = s['register_model'].outputs['run_report'][0]; "
+        "out = [sorted(s['evaluate_model'].run_metadata['evaluation']), sorted(s['train_model'].run_metadata['training']), "
+        "str(report.visualizations[0].type), open(report.visualizations[0].uri).read()[:200]]",
+    )
+    assert "eval/A@0.5" in on_steps[0] and "tau_raises" in on_steps[1], on_steps
+    assert "html" in str(on_steps[2]).lower() and "MedLoc run" in on_steps[3], on_steps
 
     history = client.get_metric_history(run.info.run_id, "curriculum/threshold")
     assert sorted(m.step for m in history) == list(range(1, MAX_STEPS + 1))
