@@ -29,6 +29,7 @@ def evaluate_model(
 
     split = config.split
     options = config.model_dump(include={"split", "max_new_tokens", "batch_size", "n_boot"})
+    options["progress"] = False  # the log gets one line per evaluation instead of a progress bar
     folder = run_folder("evaluation")
     pipeline_mlflow_run()
     mlflow.log_params({f"evaluation.{k}": str(v) for k, v in config.model_dump().items()})

@@ -66,12 +66,14 @@ def evaluate_model(
     seed: int = 0,
     limit: int | None = None,
     predictor: Any = None,
+    progress: bool | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Greedy-decode one box per query of ``split`` and score it against the ground truth.
 
     ``prepared_df``: preprocessed records (``record_id, dataset, image_path, x1..y2`` in original pixels, and
     ``prompt_text`` or ``query``; ``split`` when a split is selected). ``split=None`` uses every row.
     ``predictor`` (a :class:`medloc_core.model.inference.BoxPredictor`) can be passed to reuse a loaded model.
+    ``progress``: a progress bar (default: when there is more than one batch; the pipeline turns it off).
 
     Returns ``(metrics, predictions)``; ``predictions`` has ``record_id, dataset, completion, pred_x1..pred_y2``
     (original-image pixels, NaN when unparsed), ``iou`` (0 when unparsed) and ``parsed``.
@@ -105,7 +107,7 @@ def evaluate_model(
             raise ValueError(
                 f"row {i} (record_id={df['record_id'][i]!r}): cannot open image {path!r}: {exc}"
             ) from exc
-    outputs = predictor.predict(images, prompts, batch_size=batch_size)
+    outputs = predictor.predict(images, prompts, batch_size=batch_size, progress=progress)
 
     rows = []
     for i, out in enumerate(outputs):
