@@ -1,5 +1,5 @@
-"""What MedLoc's ZenML stacks hold: component, secret and stack specifications for ``local``, ``local-s3`` and
-``k8s-gpu`` (values from the environment, ``MEDLOC_*`` and ``MLFLOW_TRACKING_*``); ``stacks.py`` registers them.
+"""What MedLoc's ZenML stacks hold: component, secret and stack specifications for ``local``, ``local-s3``,
+``k8s-gpu`` and ``kubeflow`` (values from the environment, ``MEDLOC_*`` and ``MLFLOW_TRACKING_*``); ``stacks.py`` registers them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ MLFLOW_SECRET = "medloc_mlflow_auth"
 LOCAL_STACK = "local"
 LOCAL_S3_STACK = "local-s3"
 K8S_GPU_STACK = "k8s-gpu"
+KUBEFLOW_STACK = "kubeflow"
 
 #: Value of every key of a secret created by ``--placeholder-secrets``.
 PLACEHOLDER = "CHANGE_ME"
@@ -50,6 +51,8 @@ class StackSpec:
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     #: Secrets referenced by the components whose values were not given; they must be created separately.
     missing_secrets: Sequence[str] = ()
+    #: Custom flavors the components use, ``(component type, "module.Class")``, registered first.
+    flavors: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class K8sGpuStackConfig:
         mlflow_tracking_uri: MLflow tracking server URL [MEDLOC_MLFLOW_TRACKING_URI].
         service_account: Kubernetes service account for orchestrator/step pods (``infra/k8s/20-rbac.yaml``)
             [MEDLOC_K8S_SERVICE_ACCOUNT].
+        kubeflow_hostname: the Kubeflow Pipelines API of the ``kubeflow`` stack [MEDLOC_KUBEFLOW_HOSTNAME].
     """
 
     s3_path: str = "s3://medloc-artifacts/zenml"
@@ -77,6 +81,7 @@ class K8sGpuStackConfig:
     registry_uri: str = "registry.example.com/medloc"
     mlflow_tracking_uri: str = "http://mlflow.medloc.svc.cluster.local:5000"
     service_account: str = "medloc-pipelines"
+    kubeflow_hostname: str = "https://kubeflow.example.com/pipeline"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> K8sGpuStackConfig:
@@ -91,6 +96,7 @@ class K8sGpuStackConfig:
             "registry_uri": "MEDLOC_REGISTRY_URI",
             "mlflow_tracking_uri": "MEDLOC_MLFLOW_TRACKING_URI",
             "service_account": "MEDLOC_K8S_SERVICE_ACCOUNT",
+            "kubeflow_hostname": "MEDLOC_KUBEFLOW_HOSTNAME",
         }
         return cls(**{attr: env[var] for attr, var in names.items() if env.get(var)})
 
@@ -260,4 +266,28 @@ def k8s_gpu_stack_spec(
         ],
         secrets=secrets,
         missing_secrets=[s for s in (S3_SECRET, MLFLOW_SECRET) if s not in secrets],
+    )
+
+
+def kubeflow_stack_spec(
+    config: K8sGpuStackConfig, secrets: Mapping[str, Mapping[str, str]] | None = None
+) -> StackSpec:
+    """ZenML's Kubeflow Pipelines orchestrator (flavor ``medloc_kubeflow``: ZenML's, with the fixes of
+    ``infra/kubeflow_flavor.py``) with the ``k8s-gpu`` stack's S3 artifact store, registry, kaniko builder and
+    MLflow server (the same components, registered once). GPUs: ``ResourceSettings`` of ``train_model`` plus
+    its accelerator node selector (``configs/medloc_training_kubeflow.yaml``)."""
+    shared = [c for c in k8s_gpu_stack_spec(config, secrets).components if c.type != "orchestrator"]
+    orchestrator = ComponentSpec(
+        "orchestrator",
+        "medloc_kubeflow",
+        "medloc_kubeflow",  # ZenML's kubeflow flavor with MedLoc's fixes (infra/kubeflow_flavor.py)
+        {"kubeflow_hostname": config.kubeflow_hostname, "kubeflow_namespace": config.kubernetes_namespace},
+    )
+    secrets = dict(secrets or {})
+    return StackSpec(
+        KUBEFLOW_STACK,
+        [orchestrator, *shared],
+        secrets=secrets,
+        missing_secrets=[s for s in (S3_SECRET, MLFLOW_SECRET) if s not in secrets],
+        flavors=[("orchestrator", "infra.kubeflow_flavor.MedlocKubeflowOrchestratorFlavor")],
     )

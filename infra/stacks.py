@@ -1,4 +1,4 @@
-"""Register MedLoc's ZenML stacks idempotently: ``local``, ``local-s3`` and ``k8s-gpu``.
+"""Register MedLoc's ZenML stacks idempotently: ``local``, ``local-s3``, ``k8s-gpu`` and ``kubeflow``.
 
 Run from the repository root against whatever ZenML store is active (the embedded SQLite store, or a ZenML
 server after ``zenml login``)::
@@ -7,12 +7,13 @@ server after ``zenml login``)::
     python infra/stacks.py local-s3 --s3-endpoint http://127.0.0.1:9000 --bucket medloc-artifacts \
         --mlflow-uri http://127.0.0.1:5000 [--set]   # local orchestrator, S3 artifacts, MLflow server
     python infra/stacks.py k8s-gpu [--set]      # Kubernetes orchestrator, S3, registry, kaniko, MLflow server
+    python infra/stacks.py kubeflow [--set]     # Kubeflow Pipelines orchestrator, the same S3/registry/MLflow
 
 Every component, secret and stack is created when missing, updated when its configuration differs, and left
 alone when it already matches, so running the script twice changes nothing the second time. Secret *values*
 are read from the environment only (never from files in the repository); see ``infra/README.md``.
 
-Values for ``k8s-gpu`` come from the environment (``MEDLOC_*`` variables, listed in ``K8sGpuStackConfig``);
+Values for ``k8s-gpu`` and ``kubeflow`` come from the environment (``MEDLOC_*`` variables, listed in ``K8sGpuStackConfig``);
 unset values fall back to placeholders so that the stack can be registered offline and fixed later with
 ``zenml <component> update``.
 """
@@ -29,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python infra/stacks.py`: make the repository root importable
+    # ... instead of infra/ itself, so that infra's modules have one name (ZenML records a custom flavor's module)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.stack_specs import (  # noqa: E402
     K8S_GPU_STACK,
+    KUBEFLOW_STACK,
     LOCAL_S3_STACK,
     LOCAL_STACK,
     PLACEHOLDER,
@@ -43,6 +47,7 @@ from infra.stack_specs import (  # noqa: E402
     StackSpec,
     component_types,
     k8s_gpu_stack_spec,
+    kubeflow_stack_spec,
     local_s3_stack_spec,
     local_stack_spec,
     secret_values_from_env,
@@ -108,6 +113,22 @@ def _secret_exists(client: Any, name: str) -> bool:
     return True
 
 
+def ensure_flavor(client: Any, component_type: str, source: str) -> str:
+    """Register the custom flavor at ``source`` (``module.Class``) unless a flavor of its name exists."""
+    from zenml.utils import source_utils
+
+    # ZenML records the class's module relative to the source root: the repository, whatever started us
+    source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
+    name = source_utils.load(source)().name
+    types = component_types()
+    try:
+        client.get_flavor_by_name_and_type(name=name, component_type=types(component_type))
+        return UNCHANGED
+    except KeyError:
+        client.create_flavor(source=source, component_type=types(component_type))
+        return CREATED
+
+
 def ensure_stack(
     client: Any, spec: StackSpec, *, activate: bool = False, placeholder_secrets: bool = False
 ) -> dict[str, str]:
@@ -149,6 +170,8 @@ def ensure_stack(
                 + " ".join(f"--{key}=..." for key in SECRET_KEYS[name])
                 + "`, or pass --placeholder-secrets"
             )
+    for component_type, source in spec.flavors:
+        report[f"flavor:{source.rsplit('.', 1)[-1]}"] = ensure_flavor(client, component_type, source)
     for component in spec.components:
         report[f"{component.type}:{component.name}"] = ensure_component(client, component)
 
@@ -174,7 +197,7 @@ def ensure_stack(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stack", choices=[LOCAL_STACK, LOCAL_S3_STACK, K8S_GPU_STACK])
+    parser.add_argument("stack", choices=[LOCAL_STACK, LOCAL_S3_STACK, K8S_GPU_STACK, KUBEFLOW_STACK])
     parser.add_argument("--set", action="store_true", help="activate the stack afterwards")
     parser.add_argument(
         "--mlflow-uri",
@@ -209,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = local_s3_stack_spec(
             args.s3_endpoint, args.bucket, args.mlflow_uri, prefix=args.prefix, secrets=secrets
         )
+    elif args.stack == KUBEFLOW_STACK:
+        spec = kubeflow_stack_spec(K8sGpuStackConfig.from_env(), secrets)
     else:
         spec = k8s_gpu_stack_spec(K8sGpuStackConfig.from_env(), secrets)
 

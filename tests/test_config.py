@@ -95,10 +95,15 @@ def test_preprocessing_block_is_preprocess_signature() -> None:
     }
 
 
-def test_every_shipped_recipe_parses() -> None:
+def test_every_shipped_recipe_parses(monkeypatch, tmp_path) -> None:
     from pathlib import Path
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
-        blocks = yaml.safe_load(path.read_text())["parameters"]
-        parsed = run_config.validate_parameters(**blocks)
+    # the own-data smoke config takes its source from two variables, as a user sets them
+    monkeypatch.setenv("MEDLOC_HOME", str(tmp_path))
+    monkeypatch.setenv("MEDLOC_DATA_FORMAT", "tn3k")
+    monkeypatch.setenv("MEDLOC_DATA_ROOT", "/data/TN3K")
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(paths) == 5, paths
+    for path in paths:
+        parsed = run_config.load_run_config(path)  # ${VAR} substituted, as for a run
         assert set(parsed) == set(run_config.BLOCKS), path

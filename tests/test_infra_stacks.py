@@ -165,8 +165,8 @@ def test_stack_registration_is_idempotent_and_k8s_config_compiles(tmp_path: Path
         "num_processes": 4,
         "mixed_precision": "bf16",
     }
-    assert steps["train_model"]["mounts"] == ["/data", "/scratch", "/dev/shm"]
-    assert steps["evaluate_model"]["mounts"] == ["/data", "/scratch"]
+    assert steps["train_model"]["mounts"] == ["/data", "/models", "/scratch", "/dev/shm"]
+    assert steps["evaluate_model"]["mounts"] == ["/data", "/models", "/scratch"]
 
     # The local stack registers beside it, idempotently, and becomes active.
     code, local1, err = register(["local", "--set"], env)
