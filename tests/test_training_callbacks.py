@@ -26,3 +26,29 @@ def test_dead_groups_split_into_all_hit_and_all_miss_at_the_step_threshold() -> 
         [0.4, 0.45, 0.4, 0.45], ["a", "a", "b", "b"], 2, PerDataset(), {"a": 0.3, "b": 0.5}, 0.4
     )
     assert split == {"train/dead_all_hit": 0.5, "train/dead_all_miss": 0.5}  # each group at its dataset's τ
+
+
+def test_each_raise_is_one_log_line_with_the_window_that_decided_it(caplog) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from medloc_core.curriculum import make_schedule
+    from medloc_core.training.callbacks import CurriculumCallback
+
+    schedule = make_schedule("medloc", tau0=0.2, window=2)
+    record = SimpleNamespace(ious=[0.9] * 4, datasets=["d"] * 4, parse_failures=0, completions=4, texts=[])
+    tracker = SimpleNamespace(pop_step=lambda: record)
+    callback = CurriculumCallback(
+        schedule, tracker, num_generations=2, metrics_sink=None, history_path=None, reward_names=[]
+    )
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    control = SimpleNamespace(should_log=False)
+    with caplog.at_level(logging.INFO, logger="medloc_core.training.callbacks"):
+        for step in (1, 2):
+            state.global_step = step
+            callback.on_step_end(None, state, control)
+    raises = [r.getMessage() for r in caplog.records if r.getMessage().startswith("τ raised")]
+    assert len(raises) == 1 == int(schedule.stats["num_raises"]), raises
+    assert raises[0].startswith(
+        f"τ raised 0.20 → {schedule.threshold:.2f} after step 2: window hit rate 1.00"
+    )
