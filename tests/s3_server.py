@@ -49,7 +49,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    """Return once ``url`` answers below 500; raise if ``proc`` exits first or ``timeout_s`` passes (its log in
+    the error)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,7 +79,7 @@ def _process(argv: list[str], env: Mapping[str, str], ready_url: str, timeout_s:
             argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
         )
     try:
-        _wait_http(ready_url, proc, log, timeout_s)
+        wait_http(ready_url, proc, log, timeout_s)
         yield log
     finally:
         if proc.poll() is None:

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 import yaml
 from helpers import QUERY, random_image
 from mlflow_server import free_port
+from s3_server import wait_http
 
 from medloc_core.registry import versions
 from medloc_core.registry.serving import encode_image
@@ -87,21 +87,8 @@ def served(request, mlflow_server_uri, tiny_model_dir, tmp_path, monkeypatch):  
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + (1800 if manager != "local" else 180)
     try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow models serve exited: {(tmp_path / 'serve.log').read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise TimeoutError((tmp_path / "serve.log").read_text()[-3000:])
+        wait_http(f"{url}/ping", proc, tmp_path / "serve.log", timeout_s=1800 if manager != "local" else 180)
         yield url + "/invocations"
     finally:
         proc.terminate()

@@ -7,31 +7,16 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers import ANSWER_STYLE, QUERY, random_image
 from mlflow_server import free_port
+from s3_server import wait_http
 
 from medloc_core.registry import versions
 
 MEDLOC = Path(sys.executable).with_name("medloc")
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"medloc serve exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(log.read_text()[-3000:])
 
 
 def _curl(url: str, body: Path) -> dict:
@@ -70,7 +55,7 @@ def test_medloc_serve_answers_curl_with_an_image_file_and_no_query(
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(url, proc, log)
+        wait_http(f"{url}/ping", proc, log, timeout_s=180)
         image = tmp_path / "lesion.jpg"
         random_image(120, 160, seed=5).save(image)
         # the README's request: the image file base64-encoded into the JSON body, no query column
