@@ -21,7 +21,9 @@ import common
 from curriculum import local_recipe
 
 
-def trace(seed: int, work: Path, every: int, steps: int | None, n: int) -> list[dict[str, Any]]:
+def trace(
+    seed: int, work: Path, every: int, steps: int | None, n: int, target_scale: float = 1.0
+) -> list[dict[str, Any]]:
     """The recipe's SFT warm-up (``steps``: None = the recipe's) for stand-in init seed ``seed`` on ``n`` images,
     scored every ``every`` steps and at the end."""
     common.limit_threads(1)
@@ -34,7 +36,9 @@ def trace(seed: int, work: Path, every: int, steps: int | None, n: int) -> list[
 
     recipe = local_recipe()
     steps = recipe["sft_warmup_steps"] if steps is None else steps
-    prepared = common.synthetic_prepared(work / "data", n=n, seed=0, size=224, contrast=1.0, blur=0.0)
+    prepared = common.synthetic_prepared(
+        work / "data", n=n, seed=0, size=224, contrast=1.0, blur=0.0, target_scale=target_scale
+    )
     base, processor = common.stand_in(work, seed)
     splits = {s: build_examples(train_rows(prepared, s), "answer") for s in ("train", "val", "test")}
     torch.manual_seed(seed)
@@ -82,11 +86,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument("--steps", type=int, default=None, help="SFT steps (default: the recipe's)")
     parser.add_argument("--n", type=int, default=600, help="synthetic images (~20 %% test, ~10 %% val)")
+    parser.add_argument("--target-scale", type=float, default=1.0, help="lesion size multiplier")
     parser.add_argument("--work", type=Path, default=Path("/tmp/medloc_sft_handover"))
     args = parser.parse_args()
     t0 = time.perf_counter()
-    common.synthetic_prepared(args.work / "data", n=args.n, seed=0, size=224, contrast=1.0, blur=0.0)  # once
-    jobs = [(seed, args.work, args.every, args.steps, args.n) for seed in args.seeds]
+    common.synthetic_prepared(  # once
+        args.work / "data", n=args.n, seed=0, size=224, contrast=1.0, blur=0.0, target_scale=args.target_scale
+    )
+    jobs = [(seed, args.work, args.every, args.steps, args.n, args.target_scale) for seed in args.seeds]
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             traces = pool.starmap(trace, jobs)

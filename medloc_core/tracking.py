@@ -126,13 +126,14 @@ def flatten_params(prefix: str, value: Any, out: dict[str, str] | None = None) -
 
 
 def log_training_config(config: Any, accelerate: Mapping[str, Any] | None, manifest_hash: str) -> None:
-    """The resolved training config as params: every ``TrainingConfig`` field after defaults, the curriculum's
-    and the ``accelerate`` block, plus the dataset manifest hash."""
+    """The resolved training config as params: every ``TrainingConfig`` field after defaults, the curriculum's,
+    the spread schedule's and the ``accelerate`` block, plus the dataset manifest hash."""
 
     import mlflow
 
     resolved = config.model_dump(mode="json", exclude={"accelerate"})
     resolved["curriculum"] = config.curriculum_settings.model_dump(mode="json")
+    resolved["spread"] = config.spread_settings.model_dump(mode="json")
     if accelerate:
         resolved["accelerate"] = dict(accelerate)
     params = flatten_params("training", resolved)

@@ -2,6 +2,7 @@
 
 Read in this order: ``config`` (:class:`CurriculumConfig`, every default and ambiguity of the rule),
 ``scheduler`` (:class:`CurriculumScheduler`, the rule itself), ``baselines`` (fixed τ, raw IoU, V-Triune),
+``spread`` (:class:`SpreadSchedule`, ``medloc_spread``: our rule that keeps groups alive, docs/curriculum.md),
 ``base`` (the protocol they share). This module picks one by name (:func:`make_schedule`), builds the one a
 training config asks for (:func:`schedule_for`) and runs one schedule per dataset (:class:`PerDatasetSchedule`).
 The rule and its defaults are specified in ``docs/method.md``.
@@ -17,25 +18,31 @@ from medloc_core.curriculum.base import check_state
 from medloc_core.curriculum.baselines import FixedSchedule, RawIoUSchedule, VTriuneSchedule
 from medloc_core.curriculum.config import CurriculumConfig
 from medloc_core.curriculum.scheduler import CurriculumScheduler
+from medloc_core.curriculum.spread import SpreadConfig, SpreadSchedule
 
-SCHEDULE_NAMES = ("medloc", "fixed", "raw_iou", "vtriune")
+SCHEDULE_NAMES = ("medloc", "fixed", "raw_iou", "vtriune", "medloc_spread")
 
 
 def make_schedule(
     name: str,
-    config: CurriculumConfig | None = None,
+    config: CurriculumConfig | SpreadConfig | None = None,
     total_steps: int | None = None,
     **kw: Any,
-) -> CurriculumScheduler | FixedSchedule | RawIoUSchedule | VTriuneSchedule:
-    """Build a schedule by name: ``medloc`` (default method), ``fixed``, ``raw_iou`` or ``vtriune``.
+) -> CurriculumScheduler | FixedSchedule | RawIoUSchedule | VTriuneSchedule | SpreadSchedule:
+    """Build a schedule by name: ``medloc`` (default method), ``fixed``, ``raw_iou``, ``vtriune`` or
+    ``medloc_spread``.
 
     ``medloc``: ``config`` (default :class:`CurriculumConfig`), with ``kw`` overriding its fields.
+    ``medloc_spread``: ``config`` (default :class:`SpreadConfig`), with ``kw`` overriding its fields.
     ``fixed``: ``kw`` = ``tau`` (default 0.5), ``ge``. ``vtriune``: needs ``total_steps``; ``kw`` =
     ``thresholds``, ``ge``. ``raw_iou``: no arguments.
     """
     if name == "medloc":
         cfg = config if config is not None else CurriculumConfig()
         return CurriculumScheduler(CurriculumConfig(**{**cfg.model_dump(), **kw}) if kw else cfg)
+    if name == "medloc_spread":
+        spread = config if config is not None else SpreadConfig()
+        return SpreadSchedule(SpreadConfig(**{**spread.model_dump(), **kw}) if kw else spread)
     if config is not None:
         raise ValueError(f"make_schedule: config applies only to 'medloc', not {name!r}")
     if name == "fixed":
@@ -157,17 +164,21 @@ def schedule_for(
     name: str,
     *,
     curriculum: CurriculumConfig | None = None,
+    spread: SpreadConfig | None = None,
     fixed_tau: float = 0.5,
     total_steps: int | None = None,
     per_dataset: Sequence[str] | None = None,
 ) -> Any:
-    """The schedule a training run asks for: ``medloc`` with ``curriculum`` (None: the defaults), ``fixed`` at
+    """The schedule a training run asks for: ``medloc`` with ``curriculum`` (None: the defaults), ``medloc_spread``
+    with ``spread`` (None: the defaults), ``fixed`` at
     ``fixed_tau``, ``raw_iou``, or ``vtriune`` over ``total_steps``; one per dataset when ``per_dataset`` names
     the datasets (thresholded schedules only)."""
 
     def one() -> Any:
         if name == "medloc":
             return make_schedule("medloc", curriculum)
+        if name == "medloc_spread":
+            return make_schedule("medloc_spread", spread)
         if name == "fixed":
             return make_schedule("fixed", tau=fixed_tau)
         return make_schedule(name, total_steps=total_steps)

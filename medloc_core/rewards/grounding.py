@@ -298,15 +298,72 @@ def make_vtriune_reward(
     return reward
 
 
+def spread_reward_values(
+    ious: Sequence[float], taus: Sequence[float] | float, iou_weight: float, ge: bool = True
+) -> np.ndarray:
+    """``medloc_spread``'s accuracy reward for each IoU at its tau: ``1[IoU >= tau] + iou_weight * IoU``."""
+    u = np.asarray(ious, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(taus, dtype=np.float64), u.shape)
+    hits = u >= t if ge else u > t
+    return hits.astype(np.float64) + iou_weight * u
+
+
+def make_spread_reward(
+    schedule: Any,
+    iou_weight: float,
+    tracker: RewardTracker | None = None,
+    name: str = "spread_iou_reward",
+    parser: str = DEFAULT_REWARD_PARSER,
+) -> RewardFunc:
+    """``medloc_spread``'s accuracy reward (docs/curriculum.md): ``1[IoU >= tau] + iou_weight * IoU`` with tau
+    read from the schedule at call time, so hits (and misses) still differ by how tight the box is."""
+    _check_parser(parser, name)
+    per_dataset = _is_per_dataset(schedule)
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
+        taus = _thresholds(schedule, datasets, len(ious), name)
+        ge = getattr(schedule, "ge", True)
+        return [float(v) for v in spread_reward_values(ious, taus, iou_weight, ge)]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def accuracy_values(schedule: Any, ious: Sequence[float], taus: Sequence[float | None]) -> list[float]:
+    """What the accuracy reward of ``schedule`` gives for each IoU at its threshold (the rewards above, without
+    parsing): used to tell which groups have zero reward spread."""
+    base = getattr(schedule, "name", "").split(":", 1)[-1]
+    ge = getattr(schedule, "ge", True)
+    if base == "raw_iou":
+        return [float(u) for u in ious]
+    if any(t is None for t in taus):
+        raise ValueError(f"accuracy_values: schedule {base!r} needs a threshold for every IoU")
+    if base == "medloc_spread":
+        return [float(v) for v in spread_reward_values(ious, taus, _iou_weight(schedule), ge)]
+    hits = [(u >= t if ge else u > t) for u, t in zip(ious, taus)]
+    if base == "vtriune":
+        return [float(u) if h else 0.0 for u, h in zip(ious, hits)]
+    return [1.0 if h else 0.0 for h in hits]
+
+
+def _iou_weight(schedule: Any) -> float:
+    inner = next(iter(schedule.schedules.values())) if _is_per_dataset(schedule) else schedule
+    return float(inner.iou_weight)
+
+
 def make_reward_for_schedule(
     schedule: Any, tracker: RewardTracker | None = None, parser: str = DEFAULT_REWARD_PARSER
 ) -> RewardFunc:
-    """The accuracy reward that matches a schedule: raw IoU for ``raw_iou``, V-Triune's for ``vtriune``, the
-    binary ``IoU >= tau`` for ``medloc``, ``fixed`` and per-dataset schedules; answers read with ``parser``."""
+    """The accuracy reward that matches a schedule: raw IoU for ``raw_iou``, V-Triune's for ``vtriune``,
+    ``medloc_spread``'s for it, the binary ``IoU >= tau`` for ``medloc``, ``fixed`` and per-dataset schedules of
+    those; answers read with ``parser``."""
     name = getattr(schedule, "name", "")
     base = name.split(":", 1)[-1]
     if base == "raw_iou":
         return make_raw_iou_reward(tracker, parser=parser)
+    if base == "medloc_spread":
+        return make_spread_reward(schedule, _iou_weight(schedule), tracker, parser=parser)
     if base == "vtriune":
         return make_vtriune_reward(schedule, tracker, parser=parser)
     return make_iou_threshold_reward(schedule, tracker, parser=parser)

@@ -5,7 +5,8 @@ after each step, which feeds the IoUs to the schedule. IoUs are unitless, in [0,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +60,17 @@ class RewardTracker:
         self._current = StepRecord()
         self.total_completions = 0
         self.total_parse_failures = 0
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Reward calls inside this block record nothing (dynamic sampling's extra draws: the curriculum window
+        sees the dataloader's draw only)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def record(
         self,
@@ -70,6 +82,8 @@ class RewardTracker:
     ) -> None:
         """Add one reward call's results under reward ``name`` (``texts``: the completions, for the samples
         table)."""
+        if self._paused:
+            return
         n = len(ious)
         if datasets is not None and len(datasets) != n:
             raise ValueError(f"RewardTracker.record({name!r}): {n} IoUs but {len(datasets)} dataset names")

@@ -80,21 +80,25 @@ def dead_group_split(
     thresholds: dict[str, float],
     tau: float | None,
 ) -> dict[str, float]:
-    """Why GRPO groups are dead: the share of groups (``group_size`` consecutive completions of one prompt)
-    whose accuracy reward is a hit for every completion (``train/dead_all_hit``: IoU >= the τ that scored the
-    step; too easy at this τ) or for none (``train/dead_all_miss``; too hard). Schedules without a τ (raw IoU)
-    count a group of zero IoUs as all-miss and have no all-hit groups."""
-    groups = range(0, len(ious), group_size)
+    """Why GRPO groups are dead. A group (``group_size`` consecutive completions of one prompt) is dead when its
+    accuracy rewards (``rewards.grounding.accuracy_values`` at the τ that scored the step) have zero spread; it
+    is *all-hit* (``train/dead_all_hit``: too easy at this τ) when every IoU clears τ, *all-miss*
+    (``train/dead_all_miss``: too hard) otherwise. Without a τ (raw IoU) a dead group of zero IoUs is all-miss
+    and one of equal positive IoUs all-hit. For the binary reward dead means all hits or all misses; for graded
+    rewards (``medloc_spread``, V-Triune's) only equal rewards are dead."""
+    from medloc_core.rewards.grounding import accuracy_values
+
     hit, miss = 0, 0
+    groups = range(0, len(ious), group_size)
     for start in groups:
         group = ious[start : start + group_size]
         bar = thresholds.get(str(datasets[start]), tau) if schedule.per_dataset else tau
-        if bar is None:
-            miss += all(v <= 0.0 for v in group)
+        values = accuracy_values(schedule, group, [bar] * len(group))
+        if max(values) - min(values) > 0.0:
             continue
-        hits = sum(v >= bar for v in group)
-        hit += hits == len(group)
-        miss += hits == 0
+        cleared = all(v > 0.0 for v in group) if bar is None else all(v >= bar for v in group)
+        hit += cleared
+        miss += not cleared
     n = len(groups)
     return {"train/dead_all_hit": hit / n, "train/dead_all_miss": miss / n}
 
@@ -245,7 +249,7 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
             if key in logs and isinstance(logs[key], int | float):
                 metrics[name] = float(logs[key])
         for key, value in logs.items():
-            if key.startswith("rewards/") and key.endswith("/mean"):
+            if (key.startswith("rewards/") and key.endswith("/mean")) or key.startswith("dynamic_sampling/"):
                 metrics[f"train/{key}"] = float(value)
         self._emit(state, state.global_step, metrics)
 

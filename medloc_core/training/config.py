@@ -15,6 +15,7 @@ from medloc_core import masking
 from medloc_core.boxes import PARSERS
 from medloc_core.curriculum import SCHEDULE_NAMES
 from medloc_core.curriculum.config import CurriculumConfig
+from medloc_core.curriculum.spread import SpreadConfig
 from medloc_core.model.adapters import ADAPTERS
 from medloc_core.model.standin import ensure_tiny_model
 from medloc_core.prompts import ANSWER_STYLES
@@ -57,8 +58,8 @@ class TrainingConfig(BaseModel):
     the data was preprocessed for (checked per row).
 
     Reward: ``schedule`` is ``medloc`` (curriculum: ``curriculum`` is its :class:`CurriculumConfig`, None for the
-    defaults),
-    ``fixed`` (τ = ``fixed_tau``), ``raw_iou`` or ``vtriune``. ``per_dataset_thresholds`` runs one schedule per
+    defaults), ``medloc_spread`` (docs/curriculum.md; ``spread`` is its :class:`SpreadConfig`, None for the
+    defaults), ``fixed`` (τ = ``fixed_tau``), ``raw_iou`` or ``vtriune``. ``per_dataset_thresholds`` runs one schedule per
     dataset. ``medgrpo_normalization`` passes the accuracy reward through MedGRPO's per-dataset logistic, with
     quartiles fitted on completions of the starting (SFT or base) model on up to ``medgrpo_fit_samples``
     train rows before GRPO, and kept fixed (docs/method.md §6). The quartiles are of the accuracy reward itself
@@ -71,6 +72,11 @@ class TrainingConfig(BaseModel):
     parser). ``reward_mix``: ``sum`` (TRL's weighted sum with ``accuracy_weight``/``format_weight``; VLM-R1's
     plain sum with the default weights 1) or ``vtriune`` ((1·accuracy + 0.1·format) / 1.1, V-Triune's code);
     None picks ``vtriune`` for the ``vtriune`` schedule and ``sum`` otherwise.
+
+    Dynamic sampling (docs/curriculum.md §4): with ``dynamic_sampling`` the trainer scores up to
+    ``dynamic_sampling_draws`` draws of prompts per step (the dataloader's, then random train rows) and fills the
+    batch with groups whose rewards spread; when too few do, the rest of the batch is the first draw's dead
+    groups with their completion mask zeroed (they never reach the loss). The curriculum sees the first draw.
 
     Sampling: ``temperature``, ``top_p`` and ``top_k`` (0 = off) for the rollouts. ``use_bias_correction_kl``
     (TRL's option, off here as in VLM-R1: the plain k3 KL term) multiplies the KL term by the importance ratio.
@@ -106,12 +112,15 @@ class TrainingConfig(BaseModel):
     max_pixels: int | None = Field(default=None, gt=0)
     schedule: str = "medloc"
     curriculum: CurriculumConfig | None = None
+    spread: SpreadConfig | None = None
     fixed_tau: float = Field(default=0.5, ge=0, le=1)
     per_dataset_thresholds: bool = False
     medgrpo_normalization: bool = False
     medgrpo_k: float = 3.0
     medgrpo_fit_samples: int = Field(default=64, ge=1)
     num_generations: int = Field(default=4, ge=2)
+    dynamic_sampling: bool = False
+    dynamic_sampling_draws: int = Field(default=3, ge=2)
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_steps: int = Field(default=60, ge=1)
@@ -217,6 +226,10 @@ class TrainingConfig(BaseModel):
             raise ValueError(
                 f"curriculum: only applies to schedule 'medloc', not {self.schedule!r}; remove it"
             )
+        if self.schedule != "medloc_spread" and self.spread not in (None, SpreadConfig()):
+            raise ValueError(
+                f"spread: only applies to schedule 'medloc_spread', not {self.schedule!r}; remove it"
+            )
         if self.sft_lr_scheduler_type not in LR_SCHEDULES:
             raise bad("sft_lr_scheduler_type", f"must be one of {LR_SCHEDULES}")
         return self
@@ -225,6 +238,11 @@ class TrainingConfig(BaseModel):
     def curriculum_settings(self) -> CurriculumConfig:
         """The curriculum this run uses: ``curriculum``, or the defaults when the block is left out."""
         return self.curriculum if self.curriculum is not None else CurriculumConfig()
+
+    @property
+    def spread_settings(self) -> SpreadConfig:
+        """``medloc_spread``'s settings: ``spread``, or the defaults when the block is left out."""
+        return self.spread if self.spread is not None else SpreadConfig()
 
     @property
     def target_modules_arg(self) -> list[str] | str:

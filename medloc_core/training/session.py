@@ -233,6 +233,7 @@ def _schedule(config: TrainingConfig, examples: list) -> Any:
     return schedule_for(
         config.schedule,
         curriculum=config.curriculum_settings,
+        spread=config.spread_settings,
         fixed_tau=config.fixed_tau,
         total_steps=config.max_steps,
         per_dataset=[e["dataset"] for e in examples] if config.per_dataset_thresholds else None,
@@ -334,6 +335,7 @@ def prepare_training(
         base_model=model_path,
         curriculum_callback=callback,
         progress=config.progress,
+        dynamic_sampling_draws=config.dynamic_sampling_draws if config.dynamic_sampling else 1,
         model=model,
         reward_funcs=reward_funcs,
         args=build_grpo_config(config, out, weights),

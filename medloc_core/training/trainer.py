@@ -30,17 +30,23 @@ def medloc_grpo_trainer(
     base_model: str | None = None,
     curriculum_callback: Any = None,
     progress: bool = True,
+    dynamic_sampling_draws: int = 1,
     **kwargs: Any,
 ) -> Any:
     """A :class:`MedLocGRPOTrainer` (TRL's ``GRPOTrainer`` arguments in ``kwargs``) with its MedLoc collaborators:
     the ``adapter`` kind, the ``base_model`` an MLAE adapter is saved against, and the ``curriculum_callback``
-    whose state completes every checkpoint. ``progress``: about :data:`PROGRESS_LINES` progress lines in the log
+    whose state completes every checkpoint. ``dynamic_sampling_draws`` > 1 turns on dynamic sampling with at
+    most that many scored draws per generation batch (``training/dynamic_sampling.py``). ``progress``: about :data:`PROGRESS_LINES` progress lines in the log
     instead of transformers' progress bar and per-step dicts (off: neither). The class is built on first use:
     importing TRL costs seconds."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer = _trainer_class()(
-        adapter=adapter, base_model=base_model, curriculum_callback=curriculum_callback, **kwargs
+        adapter=adapter,
+        base_model=base_model,
+        curriculum_callback=curriculum_callback,
+        dynamic_sampling_draws=dynamic_sampling_draws,
+        **kwargs,
     )
     # TRL's per-step dicts (~850 characters each) go to MLflow; the console gets ProgressLogCallback's lines.
     trainer.remove_callback(PrinterCallback)
@@ -65,11 +71,18 @@ def _trainer_class() -> type:
         """GRPOTrainer with checkpoint handling that really restores Qwen2.5-VL weights and MLAE adapters."""
 
         def __init__(
-            self, *args: Any, adapter: str, base_model: str | None, curriculum_callback: Any, **kwargs: Any
+            self,
+            *args: Any,
+            adapter: str,
+            base_model: str | None,
+            curriculum_callback: Any,
+            dynamic_sampling_draws: int = 1,
+            **kwargs: Any,
         ) -> None:
             self.medloc_adapter = adapter
             self.medloc_base_model = base_model
             self.medloc_callback = curriculum_callback
+            self.medloc_draws = dynamic_sampling_draws
             super().__init__(*args, **kwargs)
 
             # TRL's fused LM head scores every position off Triton devices; score only the completions there.
@@ -77,6 +90,62 @@ def _trainer_class() -> type:
             if compact_log_probs(target, self.temperature):
                 logger.info("per-token log-probs: compact LM head on the completion positions (CPU)")
             _share_prompts_in_generate(target)
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            # Dynamic sampling: extra draws until every rank's batch can be filled with groups whose rewards
+            # spread (or the draws run out); the curriculum window sees the first draw only (docs/curriculum.md).
+            first = super()._generate_and_score_completions(inputs)
+            if self.medloc_draws <= 1 or not self.model.training:
+                return first
+            return self._dynamic_batch(inputs, first)
+
+        def _dynamic_batch(self, inputs: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
+            import contextlib
+
+            import torch
+            from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+            from medloc_core.training import dynamic_sampling as ds
+
+            g = self.num_generations
+            draws, live = [first], [ds.live_groups(first["advantages"], g)]
+            groups = live[0].numel()
+            tracker = getattr(self.medloc_callback, "tracker", None)
+            while len(draws) < self.medloc_draws:
+                short = torch.tensor(
+                    [max(0, groups - sum(int(f.sum()) for f in live))], device=first["advantages"].device
+                )
+                if int(self.accelerator.gather(short).sum()) == 0:  # every rank decides the same way
+                    break
+                picks = ds.extra_prompt_indices(
+                    len(self.train_dataset),
+                    groups,
+                    seed=self.args.seed,
+                    step=self.state.global_step,
+                    draw=len(draws),
+                    rank=self.accelerator.process_index,
+                )
+                extra = [self.train_dataset[i] for i in picks for _ in range(g)]
+                with tracker.paused() if tracker is not None else contextlib.nullcontext():
+                    scored = super()._generate_and_score_completions(extra)
+                draws.append(scored)
+                live.append(ds.live_groups(scored["advantages"], g))
+            if len(draws) == 1 and bool(live[0].all()):
+                stats = {"live_groups": 1.0, "masked_groups": 0.0}
+                batch = first
+            else:
+                batch, stats = ds.fill_batch(
+                    [split_pixel_values_by_grid(d) for d in draws],
+                    live,
+                    g,
+                    groups,
+                    self._tokenizer.pad_token_id,
+                )
+                batch = unsplit_pixel_values_by_grid(batch)
+                batch["num_items_in_batch"] = self.accelerator.gather(batch["completion_mask"].sum()).sum()
+            for key, value in {**stats, "draws": float(len(draws))}.items():
+                self._metrics["train"][f"dynamic_sampling/{key}"].append(value)
+            return batch
 
         def _get_per_token_logps_and_entropies(
             self, model: Any, input_ids: Any, attention_mask: Any, *args, **kw

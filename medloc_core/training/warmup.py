@@ -78,6 +78,8 @@ def sft_stop_iou(config: TrainingConfig) -> float:
         return config.sft_stop_iou
     if config.schedule == "medloc":
         return config.curriculum_settings.tau0
+    if config.schedule == "medloc_spread":
+        return config.spread_settings.tau0
     return config.fixed_tau if config.schedule == "fixed" else 0.5
 
 
