@@ -1,12 +1,21 @@
-"""Does the MedLoc-R1 curriculum beat fixed thresholds? Four reward schedules, same policy, seeds and steps.
+"""Does a curriculum beat fixed thresholds? Every reward schedule, same policy, seeds and steps, in a named regime.
 
-    .venv/bin/python bench/curriculum.py                     # the README numbers (~15 min on 2 shared cores)
-    .venv/bin/python bench/curriculum.py --seeds 0 --steps 20 --sft-steps 60   # smoke run
+    .venv/bin/python bench/curriculum.py --regime warm   --seeds 0 1 2 3 4 --jobs 2   # bench/README.md §2
+    .venv/bin/python bench/curriculum.py --regime sparse --seeds 0 1 2 3 4 --jobs 2
+    .venv/bin/python bench/curriculum.py --seeds 0 --steps 20 --sft-steps 60 --n 120    # smoke run
+
+Regimes (:data:`REGIMES`): ``warm`` is the embedded recipe (its data, SFT hand-over at val A@0.5 >= 0.4 and GRPO
+settings); ``sparse`` is MedLoc-R1's regime: lesions at half size and an SFT stopped as soon as the val hit rate
+at IoU 0.2 reaches 0.1 (or after its 800 steps), so GRPO starts weak (test A@0.5 well under 15 %). Both have
+1600 images (~320 test).
 
 For every seed: build the tiny offline Qwen2.5-VL (init seed = seed), run ONE SFT warm-up on the train split,
 then run GRPO (the real TRL loop of ``medloc_core.training``) from that same checkpoint under each schedule:
-``medloc`` (curriculum, tau0 0.3 -> 0.8, window 10 as in the local config), ``fixed`` (tau = 0.5), ``raw_iou``
-and ``vtriune``. Each run is evaluated (greedy) on the held-out test split; the SFT checkpoint is evaluated too.
+``medloc`` (curriculum, tau0 0.2 -> 0.8, window 10 as in the local config), ``fixed`` (tau = 0.5), ``raw_iou``,
+``vtriune`` and ``medloc_spread`` (docs/curriculum.md; same tau0 and window). Each run is evaluated (greedy) on the
+held-out test split; the SFT checkpoint is evaluated too. ``--dynamic-sampling`` runs every schedule with
+dynamic sampling on (names get ``+ds``). The report pairs ``medloc_spread`` with every other schedule per seed,
+on the same test images.
 
 Dead groups. A group is the ``num_generations`` completions of one prompt. It is *dead* when its rewards have
 zero spread, so every GRPO advantage in it is 0. Two rates are reported:
@@ -17,8 +26,8 @@ zero spread, so every GRPO advantage in it is 0. Two rates are reported:
   are all 0 can still have a format-reward spread.
 "early" = the first 30 % of steps (rounded up).
 
-Outputs in ``bench/results/``: ``curriculum.md`` (tables), ``curriculum.csv`` (one row per run),
-``curriculum_traces.json`` (per-step tau and dead rates), ``curriculum.png``. Each (schedule, seed) is an MLflow
+Outputs in ``bench/results/``, named by regime: ``curriculum_<regime>.md`` (tables), ``.csv`` (one row per run),
+``_traces.json`` (per-step tau, dead rates, all-hit / all-miss split), ``.png``. Each (schedule, seed) is an MLflow
 run in experiment ``medloc-bench`` (tracking URI: ``$MLFLOW_TRACKING_URI`` or the project's embedded store
 ``$MEDLOC_HOME/mlflow/mlflow.db``, default ``.medloc/``, git-ignored).
 
@@ -38,13 +47,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path to the repo root; must precede torch)
-from curriculum_report import dead_group_fraction, early_steps, write_outputs  # noqa: E402
+from curriculum_report import dead_split, early_steps, write_outputs  # noqa: E402
 from curriculum_sim import simulate  # noqa: E402
 
 from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES
 
-# --------------------------------------------------------------------------------------------- analysis
-
+#: Named regimes: the synthetic data (``common.synthetic_prepared`` arguments), overrides of the recipe's SFT
+#: hand-over, and the GRPO steps.
+REGIMES: dict[str, dict[str, Any]] = {
+    "warm": {"data": {"n": 1600, "target_scale": 1.0}, "sft": {}, "steps": 200},
+    "sparse": {
+        "data": {"n": 1600, "target_scale": 0.5},
+        "sft": {"sft_stop_iou": 0.2, "sft_stop_hit_rate": 0.1},
+        "steps": 200,
+    },
+}
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -57,18 +74,21 @@ def local_recipe() -> dict[str, Any]:
     return config["parameters"]["training"]
 
 
-def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
+def run_sft(
+    prepared: Any, seed: int, steps: int, work: Path, overrides: dict[str, Any] | None = None
+) -> Path:
     """Build the stand-in (init seed ``seed``) and run the local recipe's SFT warm-up on the train split (the
-    pipeline's own ``run_sft_warmup``, early stop on the val split included); return its folder."""
+    pipeline's own ``run_sft_warmup``, early stop on the val split included; ``overrides`` on top of the recipe's
+    ``sft_*`` settings); return its folder."""
     from medloc_core.training.config import TrainingConfig
     from medloc_core.training.rows import build_examples, check_frames, train_rows
     from medloc_core.training.warmup import run_sft_warmup, sft_val_examples
 
     recipe = local_recipe()
     keys = [k for k in recipe if k.startswith("sft_") and k != "sft_warmup_steps"]
-    keys += ["schedule", "curriculum", "max_completion_length"]
+    keys += ["schedule", "curriculum", "spread", "max_completion_length"]
     cfg = TrainingConfig(
-        **{k: recipe[k] for k in keys if k in recipe},
+        **{**{k: recipe[k] for k in keys if k in recipe}, **(overrides or {})},
         sft_warmup_steps=steps,
         answer_style="answer",
         use_cpu=True,
@@ -91,13 +111,14 @@ def run_sft(prepared: Any, seed: int, steps: int, work: Path) -> Path:
     return Path(folder)
 
 
-def evaluate(model_dir: Path, prepared: Any, max_new_tokens: int) -> dict[str, float]:
+def evaluate(model_dir: Path, prepared: Any, max_new_tokens: int) -> dict[str, Any]:
     from medloc_core.evaluation.runner import evaluate_model
 
-    metrics, _ = evaluate_model(
+    metrics, predictions = evaluate_model(
         model_dir, prepared, split="test", max_new_tokens=max_new_tokens, batch_size=8, n_boot=0
     )
-    return metrics
+    # per-image IoUs, for the paired comparisons of the report
+    return {**metrics, "ious": dict(zip(predictions["record_id"], predictions["iou"].astype(float)))}
 
 
 def grpo_run(
@@ -108,13 +129,17 @@ def grpo_run(
     from medloc_core.training.session import prepare_training
 
     recipe = local_recipe()
-    curriculum = {**recipe.get("curriculum", {}), "window": args.window, "tau0": args.tau0}
+    curriculum = {**(recipe.get("curriculum") or {}), "window": args.window, "tau0": args.tau0}
+    spread = {**(recipe.get("spread") or {}), "window": args.window, "tau0": args.tau0}
+    name, ds = schedule.removesuffix("+ds"), schedule.endswith("+ds")
     cfg = TrainingConfig(
         model_name_or_path=str(sft_dir),
         min_pixels=common.MIN_PIXELS,
         max_pixels=common.MAX_PIXELS,
-        schedule=schedule,
-        curriculum=curriculum if schedule == "medloc" else {},
+        schedule=name,
+        curriculum=curriculum if name == "medloc" else None,
+        spread=spread if name == "medloc_spread" else None,
+        dynamic_sampling=ds,
         fixed_tau=0.5,
         num_generations=args.group_size,
         per_device_train_batch_size=args.group_size * args.prompts_per_step,
@@ -152,13 +177,18 @@ def grpo_run(
     session.tracker.pop_step = recording_pop
     result = session.run()
     wall = time.perf_counter() - t0
-    dead_acc = [dead_group_fraction(schedule, s["ious"], s["tau"], args.group_size) for s in steps]
+    split = [dead_split(session.schedule, s["ious"], s["tau"], args.group_size) for s in steps]
+    dead_acc = [hit + miss for hit, miss in split]
     by_step = {int(h["step"]): h for h in result.history}
     dead_all = [
         float(by_step[i + 1].get("train/frac_reward_zero_std", float("nan"))) for i in range(len(steps))
     ]
     iou_mean = [sum(s["ious"]) / len(s["ious"]) for s in steps]
     # Hit rate at the threshold that scored the step (raw_iou has none: IoU >= 0.5, the A@0.5 bar).
+    live = [
+        float(by_step[i + 1].get("train/dynamic_sampling/live_groups", 1.0 - dead_all[i]))
+        for i in range(len(steps))
+    ]
     hit = [
         sum(v >= (0.5 if s["tau"] is None else s["tau"]) for v in s["ious"]) / len(s["ious"]) for s in steps
     ]
@@ -170,6 +200,9 @@ def grpo_run(
         "steps": len(steps),
         "dead_acc_early": sum(dead_acc[:k]) / k,
         "dead_acc_all": sum(dead_acc) / len(dead_acc),
+        "dead_hit_early": sum(h for h, _ in split[:k]) / k,
+        "dead_miss_early": sum(m for _, m in split[:k]) / k,
+        "trained_live_early": sum(live[:k]) / k,
         "dead_all_early": sum(dead_all[:k]) / k,
         "dead_all_all": sum(dead_all) / len(dead_all),
         "train_iou_early": sum(iou_mean[:k]) / k,
@@ -187,6 +220,8 @@ def grpo_run(
     traces = {
         "tau": [s["tau"] for s in steps],
         "dead_acc": dead_acc,
+        "dead_hit": [h for h, _ in split],
+        "dead_miss": [m for _, m in split],
         "dead_all": dead_all,
         "iou_mean": iou_mean,
         "hit": hit,
@@ -226,8 +261,9 @@ def log_mlflow(run: dict[str, Any], experiment: str) -> str:
             for key, value in metrics.items()
             if isinstance(value, int | float) and math.isfinite(value)
         ]
-        for i, dead in enumerate(run["traces"]["dead_acc"], start=1):
-            batch.append(Metric("bench/dead_acc", dead, now, i))
+        for key in ("dead_acc", "dead_hit", "dead_miss"):
+            for i, value in enumerate(run["traces"][key], start=1):
+                batch.append(Metric(f"bench/{key}", value, now, i))
         for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
             client.log_batch(active.info.run_id, metrics=batch[i : i + 900])
         summary = {
@@ -235,7 +271,8 @@ def log_mlflow(run: dict[str, Any], experiment: str) -> str:
             for k, v in s.items()
             if k not in ("schedule", "seed") and isinstance(v, int | float) and v is not None
         }
-        mlflow.log_metrics(mlflow_metrics({**summary, **run["eval"]}))
+        scores = {k: v for k, v in run["eval"].items() if k != "ious"}
+        mlflow.log_metrics(mlflow_metrics({**summary, **scores}))
         return active.info.run_id
 
 
@@ -252,14 +289,14 @@ def run_seed(seed: int, args: argparse.Namespace, prepared: Any, work: Path):
     """One seed: SFT once, then GRPO under every schedule from that checkpoint. Returns (runs, SFT eval)."""
     common.limit_threads(args.threads)
     t_start = time.perf_counter()
-    sft_dir = run_sft(prepared, seed, args.sft_steps, work)
+    sft_dir = run_sft(prepared, seed, args.sft_steps, work, REGIMES[args.regime]["sft"])
     sft_eval = evaluate(sft_dir, prepared, args.max_completion_length)
     print(
         f"  SFT seed {seed}: A@0.5 {sft_eval['eval/A@0.5']:.1f} mIoU {sft_eval['eval/mIoU']:.3f}", flush=True
     )
     runs = []
     for name in args.schedules:
-        run = grpo_run(prepared, name, seed, sft_dir, args, work)
+        run = grpo_run(prepared, name + ("+ds" if args.dynamic_sampling else ""), seed, sft_dir, args, work)
         s = run["summary"]
         runs.append(run)
         print(
@@ -276,9 +313,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     recipe = local_recipe()  # defaults: the embedded default run's recipe
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="warm")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
-    parser.add_argument("--steps", type=int, default=recipe["max_steps"], help="GRPO steps per run")
+    parser.add_argument(
+        "--dynamic-sampling", action="store_true", help="every schedule with dynamic sampling"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default: the regime's)")
     parser.add_argument("--sft-steps", type=int, default=recipe["sft_warmup_steps"])
     parser.add_argument(
         "--prompts-per-step",
@@ -286,16 +327,16 @@ def main(argv: list[str] | None = None) -> None:
         default=recipe["per_device_train_batch_size"] // recipe["num_generations"],
     )
     parser.add_argument("--group-size", type=int, default=recipe["num_generations"], help="num_generations")
-    parser.add_argument(
-        "--window", type=int, default=recipe["curriculum"]["window"], help="curriculum window"
-    )
-    parser.add_argument("--tau0", type=float, default=recipe["curriculum"]["tau0"], help="curriculum tau0")
+    parser.add_argument("--window", type=int, default=10, help="curriculum window (medloc and medloc_spread)")
+    parser.add_argument("--tau0", type=float, default=0.2, help="tau0 (medloc and medloc_spread)")
     parser.add_argument("--lr", type=float, default=recipe["learning_rate"])
     parser.add_argument("--temperature", type=float, default=recipe["temperature"])
     parser.add_argument("--top-p", type=float, default=recipe.get("top_p", 1.0))
     parser.add_argument("--max-completion-length", type=int, default=recipe["max_completion_length"])
-    parser.add_argument("--n", type=int, default=600, help="synthetic images (~20 %% test)")
-    parser.add_argument("--target-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--n", type=int, default=None, help="synthetic images (~20 %% test; default: the regime's)"
+    )
+    parser.add_argument("--target-scale", type=float, default=None, help="default: the regime's")
     parser.add_argument("--contrast", type=float, default=1.0)
     parser.add_argument("--blur", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
@@ -308,6 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sim-sigma0", type=float, default=0.5)
     parser.add_argument("--sim-lr", type=float, default=0.05)
     args = parser.parse_args(argv)
+    regime = REGIMES[args.regime]
+    args.steps = regime["steps"] if args.steps is None else args.steps
+    args.n = regime["data"]["n"] if args.n is None else args.n
+    args.target_scale = regime["data"]["target_scale"] if args.target_scale is None else args.target_scale
 
     common.limit_threads(args.threads)
     t_start = time.perf_counter()

@@ -11,8 +11,6 @@ from typing import Any
 
 import common  # noqa: E402  (sets sys.path to the repo root; must precede torch)
 
-from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES
-
 EARLY_FRACTION = 0.3
 
 
@@ -24,8 +22,9 @@ def early_steps(total: int) -> int:
 def write_outputs(runs: list[dict[str, Any]], sft_evals: dict[int, dict[str, float]], args, note: str) -> str:
     out = common.RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
+    stem = f"curriculum_{args.regime}" + ("_ds" if args.dynamic_sampling else "")
     rows = [r["summary"] for r in runs]
-    with (out / "curriculum.csv").open("w", newline="") as fh:
+    with (out / f"{stem}.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
@@ -33,10 +32,13 @@ def write_outputs(runs: list[dict[str, Any]], sft_evals: dict[int, dict[str, flo
     traces = {f"{r['summary']['schedule']}/seed{r['summary']['seed']}": r["traces"] for r in runs}
     for key, tr in traces.items():
         traces[key] = {k: [None if v is None else round(float(v), 4) for v in vals] for k, vals in tr.items()}
-    (out / "curriculum_traces.json").write_text(json.dumps(traces, separators=(",", ":")) + "\n")
+    (out / f"{stem}_traces.json").write_text(json.dumps(traces, separators=(",", ":")) + "\n")
     md = table_markdown(rows, sft_evals, args, note)
-    (out / "curriculum.md").write_text(md)
-    plot(runs, args, out / "curriculum.png")
+    new = next((n for n in dict.fromkeys(r["schedule"] for r in rows) if n.startswith("medloc_spread")), None)
+    if new is not None:
+        md += "\n".join(paired_markdown(runs, new)) + "\n"
+    (out / f"{stem}.md").write_text(md)
+    plot(runs, args, out / f"{stem}.png")
     return md
 
 
@@ -46,16 +48,16 @@ def table_markdown(
     seeds = sorted({r["seed"] for r in rows})
     k = early_steps(args.steps)
     lines = [
-        f"Curriculum benchmark: {len(seeds)} seed(s) {seeds}, {args.steps} GRPO steps of "
+        f"Curriculum benchmark, regime `{args.regime}`: {len(seeds)} seed(s) {seeds}, {args.steps} GRPO steps of "
         f"{args.prompts_per_step} prompts x {args.group_size} completions, SFT warm-up {args.sft_steps} steps "
         f"(shared per seed), early = first {k} steps. mean ± std over seeds. {note}",
         "",
-        "| schedule | dead groups, acc. reward, early | dead, acc., all | dead, total reward (TRL), early | "
-        "dead, total, all | A@0.5 (%) | A@0.8 (%) | mIoU | train IoU early -> late | final tau | raises | "
-        "GRPO wall (s) | s/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| schedule | dead groups, acc. reward, early | of which all-hit / all-miss | dead, acc., all | "
+        "dead, total reward (TRL), early | live groups trained, early | A@0.5 (%) | A@0.8 (%) | mIoU | "
+        "train IoU early -> late | final tau | raises | GRPO wall (s) | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in SCHEDULES:
+    for name in dict.fromkeys(r["schedule"] for r in rows):
         sel = [r for r in rows if r["schedule"] == name]
         if not sel:
             continue
@@ -67,9 +69,11 @@ def table_markdown(
                 [
                     name,
                     common.fmt_pm(r["dead_acc_early"] for r in sel),
+                    f"{common.fmt_pm(r['dead_hit_early'] for r in sel)} / "
+                    f"{common.fmt_pm(r['dead_miss_early'] for r in sel)}",
                     common.fmt_pm(r["dead_acc_all"] for r in sel),
                     common.fmt_pm(r["dead_all_early"] for r in sel),
-                    common.fmt_pm(r["dead_all_all"] for r in sel),
+                    common.fmt_pm(r["trained_live_early"] for r in sel),
                     common.fmt_pm((r["A@0.5"] for r in sel), 1),
                     common.fmt_pm((r["A@0.8"] for r in sel), 1),
                     common.fmt_pm((r["mIoU"] for r in sel), 3),
@@ -124,7 +128,7 @@ def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.4), dpi=80)
-    for name in SCHEDULES:
+    for name in dict.fromkeys(r["summary"]["schedule"] for r in runs):
         sel = [r["traces"] for r in runs if r["summary"]["schedule"] == name]
         if not sel:
             continue
@@ -153,26 +157,80 @@ def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
     plt.close(fig)
 
 
-def accuracy_rewards(schedule: str, ious: Any, tau: float | None) -> Any:
-    """The accuracy reward each schedule gives for IoUs ``ious`` at threshold ``tau`` (mirrors
-    ``medloc_core.rewards.grounding.make_reward_for_schedule``; ``>=`` as the schedules' default ``ge=True``)."""
+def dead_split(schedule: Any, ious: list[float], tau: float | None, group_size: int) -> tuple[float, float]:
+    """(all-hit, all-miss) shares of dead groups in one step: the training callback's own definition
+    (``medloc_core.training.callbacks.dead_group_split``: zero spread of the accuracy reward at the scoring τ)."""
+    from medloc_core.training.callbacks import dead_group_split
+
+    if not ious or len(ious) % group_size:
+        raise ValueError(f"{len(ious)} IoUs do not split into groups of {group_size}")
+    split = dead_group_split(list(ious), [None] * len(ious), group_size, schedule, {}, tau)
+    return split["train/dead_all_hit"], split["train/dead_all_miss"]
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95 % Student t quantile for n - 1 degrees of freedom (n >= 2)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+    return table.get(n - 1, 1.96 + 2.5 / (n - 1))
+
+
+def paired_markdown(runs: list[dict[str, Any]], new: str) -> list[str]:
+    """``new`` against every other schedule, per seed on the same test images: the difference in A@0.5 and A@0.8
+    (points) with a paired bootstrap 95 % interval over the images, and the ratio of early dead groups; then the
+    mean difference over seeds with a t interval over seeds, and the worst seed."""
     import numpy as np
+    import pandas as pd
 
-    u = np.asarray(ious, dtype=np.float64)
-    if schedule == "raw_iou":
-        return u
-    if tau is None:
-        raise ValueError(f"schedule {schedule!r} needs a threshold")
-    hit = u >= tau
-    return u * hit if schedule == "vtriune" else hit.astype(np.float64)
+    from medloc_core.evaluation.metrics import paired_gain
 
+    by = {(r["summary"]["schedule"], r["summary"]["seed"]): r for r in runs}
+    seeds = sorted({seed for name, seed in by if name == new})
+    others = [name for name in dict.fromkeys(r["summary"]["schedule"] for r in runs) if name != new]
+    lines = [
+        "",
+        f"Paired: `{new}` minus each schedule, per seed on the same test images (points; [paired bootstrap 95 %"
+        " over images]); early dead groups as new / baseline. Over seeds: mean [t 95 % over seeds], worst seed.",
+        "",
+        "| vs | seed | Δ A@0.5 | Δ A@0.8 | Δ mIoU | early dead new / base |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary = ["", "| vs | mean Δ A@0.5 | worst | mean Δ A@0.8 | worst | early dead new / base (mean) |",
+               "|---|---|---|---|---|---|"]  # fmt: skip
 
-def dead_group_fraction(schedule: str, ious: Any, tau: float | None, group_size: int) -> float:
-    """Share of groups (consecutive ``group_size`` completions) whose accuracy rewards are all equal."""
-    import numpy as np
+    def frame(run: dict[str, Any]) -> pd.DataFrame:
+        ious = run["eval"]["ious"]
+        return pd.DataFrame({"record_id": list(ious), "iou": list(ious.values())})
 
-    u = np.asarray(ious, dtype=np.float64)
-    if u.size == 0 or u.size % group_size:
-        raise ValueError(f"{u.size} IoUs do not split into groups of {group_size}")
-    r = accuracy_rewards(schedule, u, tau).reshape(-1, group_size)
-    return float(np.mean(np.ptp(r, axis=1) == 0.0))
+    for other in others:
+        d05, d08, ratios = [], [], []
+        for seed in seeds:
+            a, b = by.get((new, seed)), by.get((other, seed))
+            if a is None or b is None:
+                continue
+            gain = paired_gain(frame(a), frame(b), n_boot=1000, seed=seed)
+            g05, g08 = gain["eval/gain/A@0.5"], gain["eval/gain/A@0.8"]
+            da, db = a["summary"]["dead_acc_early"], b["summary"]["dead_acc_early"]
+            ratio = da / db if db > 0 else float("inf")
+            d05.append(g05), d08.append(g08), ratios.append(ratio)
+            lines.append(
+                f"| {other} | {seed} | {g05:+.1f} [{gain['eval/gain/A@0.5_ci_low']:+.1f}, "
+                f"{gain['eval/gain/A@0.5_ci_high']:+.1f}] | {g08:+.1f} [{gain['eval/gain/A@0.8_ci_low']:+.1f}, "
+                f"{gain['eval/gain/A@0.8_ci_high']:+.1f}] | {gain['eval/gain/mIoU']:+.3f} | "
+                f"{da:.2f} / {db:.2f} = {ratio:.2f} |"
+            )
+        if not d05:
+            continue
+
+        def mean_ci(values: list[float]) -> str:
+            m = float(np.mean(values))
+            if len(values) < 2:
+                return f"{m:+.1f}"
+            half = _t95(len(values)) * float(np.std(values, ddof=1)) / len(values) ** 0.5
+            return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
+
+        finite = [r for r in ratios if np.isfinite(r)]
+        ratio_text = f"{np.mean(finite):.2f}" if finite else "n/a"
+        summary.append(
+            f"| {other} | {mean_ci(d05)} | {min(d05):+.1f} | {mean_ci(d08)} | {min(d08):+.1f} | {ratio_text} |"
+        )
+    return summary + lines
