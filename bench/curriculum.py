@@ -55,11 +55,11 @@ from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES
 #: Named regimes: the synthetic data (``common.synthetic_prepared`` arguments), overrides of the recipe's SFT
 #: hand-over, and the GRPO steps.
 REGIMES: dict[str, dict[str, Any]] = {
-    "warm": {"data": {"n": 1600, "target_scale": 1.0}, "sft": {}, "steps": 200},
+    "warm": {"data": {"n": 1600, "target_scale": 1.0}, "sft": {}, "steps": 300},
     "sparse": {
         "data": {"n": 1600, "target_scale": 0.5},
         "sft": {"sft_stop_iou": 0.2, "sft_stop_hit_rate": 0.1},
-        "steps": 200,
+        "steps": 300,
     },
 }
 
