@@ -48,6 +48,41 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny"))
 
 
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """18 prepared rows of the synthetic set (the training tests' data)."""
+    from helpers import make_prepared
+
+    return make_prepared(tmp_path_factory.mktemp("data"), n=18)
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, data):
+    """SFT warm-up on the tiny model, then 3 GRPO steps with the MedLoc curriculum."""
+    from helpers import Hooks, cpu_training_config
+
+    from medloc_core.training.session import train
+
+    root = tmp_path_factory.mktemp("sft_run")
+    sink: list[tuple[int, dict]] = []
+    hooks = Hooks()
+    cfg = cpu_training_config(
+        model_name_or_path="tiny",
+        tiny_model_dir=str(root / "models"),
+        sft_warmup_steps=80,
+        max_steps=3,
+        format_partial_credit=True,
+    )
+    result = train(
+        data,
+        cfg,
+        root / "out",
+        metrics_sink=lambda m, s: sink.append((s, dict(m))),
+        callbacks=[hooks.callback],
+    )
+    return {"result": result, "sink": sink, "hooks": hooks, "out": root / "out", "sft": root / "out" / "sft"}
+
+
 #: Modules whose tests run ZenML from the repository root (elsewhere: tests marked ``zenml_repository``). They
 #: share its `.zen` (the repository's active stack), so under `pytest -n 2 --dist loadgroup` they all run on one
 #: worker, one after another.

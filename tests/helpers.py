@@ -265,3 +265,42 @@ def cpu_training_config(**kw: object) -> TrainingConfig:
 def recipe_training_block(name: str) -> dict:
     """The ``parameters.training`` block of ``configs/<name>``."""
     return yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["training"]
+
+
+class Hooks:
+    """Counts vision-tower forwards and snapshots weights when training (re)starts."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        outer = self
+        self.vision_calls = 0
+        self.snapshot: dict | None = None
+        self.start_step: int | None = None
+
+        class CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kw):
+                outer.start_step = state.global_step
+                outer.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                visual = [m for n, m in model.named_modules() if n.endswith("visual")]
+                assert visual, "no vision tower found"
+                visual[0].register_forward_hook(outer._count)
+
+        self.callback = CB()
+
+    def _count(self, module, inputs, output) -> None:
+        self.vision_calls += 1
+
+
+class CrashAt:
+    def __init__(self, step: int) -> None:
+        from transformers import TrainerCallback
+
+        target = step
+
+        class CB(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == target:
+                    raise KeyboardInterrupt(f"simulated crash at step {target}")
+
+        self.callback = CB()

@@ -18,6 +18,14 @@ def test_config_rejects_unknown_keys_and_bad_values() -> None:
         TrainingConfig.model_validate({"schedule": "cosine"})
     with pytest.raises(ValueError, match="only applies to schedule 'medloc'"):
         TrainingConfig.model_validate({"schedule": "fixed", "curriculum": {"window": 5}})
+    with pytest.raises(ValueError, match="only applies to schedule 'medloc_spread'"):
+        TrainingConfig.model_validate({"schedule": "medloc", "spread": {"window": 5}})
+    spread = TrainingConfig.model_validate({"schedule": "medloc_spread", "spread": {"tau0": 0.25}})
+    assert spread.spread_settings.tau0 == 0.25 and spread.curriculum is None
+    with pytest.raises(ValueError, match="spread.target_hit_rate"):
+        TrainingConfig.model_validate({"schedule": "medloc_spread", "spread": {"target_hit_rate": 1.5}})
+    with pytest.raises(ValueError, match="dynamic_sampling_draws"):
+        TrainingConfig.model_validate({"dynamic_sampling": True, "dynamic_sampling_draws": 1})
     with pytest.raises(ValueError, match="learning_rate"):
         TrainingConfig.model_validate({"learning_rate": "fast"})
     with pytest.raises(ValueError, match="curriculum.windw"):

@@ -9,9 +9,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from helpers import cpu_training_config, make_prepared, recipe_training_block
+from helpers import CrashAt, Hooks, cpu_training_config, make_prepared, recipe_training_block
 
 from medloc_core.training.config import TrainingConfig
 
@@ -39,75 +38,6 @@ FORCED = {"window": 2, "use_reward_check": False, "use_stability_check": False, 
 
 
 # ------------------------------------------------------------------------------------------ GRPO runs
-
-
-class _Hooks:
-    """Counts vision-tower forwards and snapshots weights when training (re)starts."""
-
-    def __init__(self) -> None:
-        from transformers import TrainerCallback
-
-        outer = self
-        self.vision_calls = 0
-        self.snapshot: dict | None = None
-        self.start_step: int | None = None
-
-        class CB(TrainerCallback):
-            def on_train_begin(self, args, state, control, model=None, **kw):
-                outer.start_step = state.global_step
-                outer.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                visual = [m for n, m in model.named_modules() if n.endswith("visual")]
-                assert visual, "no vision tower found"
-                visual[0].register_forward_hook(outer._count)
-
-        self.callback = CB()
-
-    def _count(self, module, inputs, output) -> None:
-        self.vision_calls += 1
-
-
-class _CrashAt:
-    def __init__(self, step: int) -> None:
-        from transformers import TrainerCallback
-
-        target = step
-
-        class CB(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == target:
-                    raise KeyboardInterrupt(f"simulated crash at step {target}")
-
-        self.callback = CB()
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> pd.DataFrame:
-    return make_prepared(tmp_path_factory.mktemp("data"), n=18)
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, data):
-    """SFT warm-up on the tiny model, then 3 GRPO steps with the MedLoc curriculum."""
-    from medloc_core.training.session import train
-
-    root = tmp_path_factory.mktemp("sft_run")
-    sink: list[tuple[int, dict]] = []
-    hooks = _Hooks()
-    cfg = cpu_training_config(
-        model_name_or_path="tiny",
-        tiny_model_dir=str(root / "models"),
-        sft_warmup_steps=80,
-        max_steps=3,
-        format_partial_credit=True,
-    )
-    result = train(
-        data,
-        cfg,
-        root / "out",
-        metrics_sink=lambda m, s: sink.append((s, dict(m))),
-        callbacks=[hooks.callback],
-    )
-    return {"result": result, "sink": sink, "hooks": hooks, "out": root / "out", "sft": root / "out" / "sft"}
 
 
 @pytest.mark.slow
@@ -154,7 +84,7 @@ def test_forced_ready_stream_raises_tau_and_kill_resume_restores_state(sft_run, 
         learning_rate=1e-3,
     )
     with pytest.raises(KeyboardInterrupt):
-        train(data, cfg, out, callbacks=[_CrashAt(3).callback])
+        train(data, cfg, out, callbacks=[CrashAt(3).callback])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     saved = json.loads((out / "checkpoint-2" / "curriculum_state.json").read_text())
     # Window of 2 with every check disabled: step 2 fills the window and raises 0.3 -> 0.45.
@@ -163,7 +93,7 @@ def test_forced_ready_stream_raises_tau_and_kill_resume_restores_state(sft_run, 
     crashed_rows = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in crashed_rows] == [1, 2]  # step 3 crashed before it was logged
 
-    hooks = _Hooks()
+    hooks = Hooks()
     session = prepare_training(data, cfg, out, metrics_sink=lambda m, s: None, callbacks=[hooks.callback])
     assert session.resume_checkpoint == str(out / "checkpoint-2")
     assert session.schedule.state_dict() == saved["schedule"]  # τ, window, raise count, step counter
@@ -207,13 +137,13 @@ def test_adapters_train_only_adapter_params_and_resume(adapter, sft_run, data, t
         format_partial_credit=True,
     )
     with pytest.raises(KeyboardInterrupt):
-        train(data, cfg, out, callbacks=[_CrashAt(2).callback])
+        train(data, cfg, out, callbacks=[CrashAt(2).callback])
     ckpt = out / "checkpoint-1"
     weights_file = "adapter_model.safetensors" if adapter == "lora" else mlae.MLAE_WEIGHTS_NAME
     saved = load_file(str(ckpt / weights_file))
     assert saved, "checkpoint holds adapter tensors"
 
-    hooks = _Hooks()
+    hooks = Hooks()
     session = prepare_training(data, cfg, out, metrics_sink=lambda m, s: None, callbacks=[hooks.callback])
     model = session.trainer.model
     session.run()
@@ -347,6 +277,7 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
         "max_completion_length": 24,
         "per_device_train_batch_size": 4,
         "curriculum": dict(FORCED),
+        "dynamic_sampling": True,  # its extra draws are decided together by both ranks
         "sft_warmup_steps": 4,
         "sft_batch_size": 2,
         "sft_learning_rate": 1e-3,
@@ -372,6 +303,7 @@ def test_accelerate_launch_two_cpu_ranks_log_once_into_the_parent_mlflow_run(sft
     assert sft["steps"] == 4 and not sft["stopped_early"] and [c[0] for c in sft["val_checks"]] == [2]
     assert len(sft["losses"]) == 4 and (tmp_path / "out" / "sft" / "config.json").is_file()
     assert [row["step"] for row in result["history"]] == [1, 2, 3]  # rank 1 wrote no duplicate rows
+    assert all(row["train/dynamic_sampling/draws"] >= 1 for row in result["history"])
     history = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "curriculum/threshold")
     assert sorted(m.step for m in history) == [1, 2, 3]
     # FORCED: every full window raises, so τ must have left its start value by step 3 on the logged trace.
@@ -395,7 +327,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(sft_run, data
         model_name_or_path=str(sft_run["sft"]), max_steps=6, save_steps=2, save_total_limit=2
     )
     with pytest.raises(KeyboardInterrupt):
-        train(data, cfg, out, callbacks=[_CrashAt(5).callback])
+        train(data, cfg, out, callbacks=[CrashAt(5).callback])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     optimizer = out / "checkpoint-4" / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
