@@ -130,7 +130,7 @@ def grpo_run(
 
     recipe = local_recipe()
     curriculum = {**(recipe.get("curriculum") or {}), "window": args.window, "tau0": args.tau0}
-    spread = {**(recipe.get("spread") or {}), "window": args.window, "tau0": args.tau0}
+    spread = {**(recipe.get("spread") or {}), "window": args.window, "tau0": args.tau0, **args.spread}
     name, ds = schedule.removesuffix("+ds"), schedule.endswith("+ds")
     cfg = TrainingConfig(
         model_name_or_path=str(sft_dir),
@@ -329,6 +329,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-size", type=int, default=recipe["num_generations"], help="num_generations")
     parser.add_argument("--window", type=int, default=10, help="curriculum window (medloc and medloc_spread)")
     parser.add_argument("--tau0", type=float, default=0.2, help="tau0 (medloc and medloc_spread)")
+    parser.add_argument(
+        "--spread",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="medloc_spread settings on top of the recipe's (e.g. iou_weight=2 target_hit_rate=0.3)",
+    )
     parser.add_argument("--lr", type=float, default=recipe["learning_rate"])
     parser.add_argument("--temperature", type=float, default=recipe["temperature"])
     parser.add_argument("--top-p", type=float, default=recipe.get("top_p", 1.0))
@@ -350,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sim-lr", type=float, default=0.05)
     args = parser.parse_args(argv)
     regime = REGIMES[args.regime]
+    args.spread = {k: float(v) for k, v in (item.split("=", 1) for item in args.spread)}
     args.steps = regime["steps"] if args.steps is None else args.steps
     args.n = regime["data"]["n"] if args.n is None else args.n
     args.target_scale = regime["data"]["target_scale"] if args.target_scale is None else args.target_scale
