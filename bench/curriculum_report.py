@@ -120,14 +120,14 @@ def _smooth(values: list[float], width: int) -> list[float]:
 
 
 def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
-    """Per GRPO step, mean over seeds: accuracy-reward dead-group rate (10-step moving mean), tau, and the hit
-    rate at the scoring tau (10-step moving mean; raw_iou: IoU >= 0.5)."""
+    """Per GRPO step, mean over seeds: accuracy-reward dead-group rate, its all-hit (solid) / all-miss (dashed)
+    split, tau, and the hit rate at the scoring tau (raw_iou: IoU >= 0.5); rates as 10-step moving means."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.4), dpi=80)
+    fig, (ax1, ax4, ax2, ax3) = plt.subplots(1, 4, figsize=(17, 3.6), dpi=80)
     for name in dict.fromkeys(r["summary"]["schedule"] for r in runs):
         sel = [r["traces"] for r in runs if r["summary"]["schedule"] == name]
         if not sel:
@@ -135,6 +135,11 @@ def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
         n = min(len(t["dead_acc"]) for t in sel)
         dead = [sum(t["dead_acc"][i] for t in sel) / len(sel) for i in range(n)]
         (line,) = ax1.plot(range(1, n + 1), _smooth(dead, 10), label=name)
+        for key, style in (("dead_hit", "-"), ("dead_miss", "--")):
+            if all(key in t for t in sel):
+                part = [sum(t[key][i] for t in sel) / len(sel) for i in range(n)]
+                label = f"{name} all-{key[5:]}"
+                ax4.plot(range(1, n + 1), _smooth(part, 10), ls=style, color=line.get_color(), label=label)
         if all(v is not None for t in sel for v in t["tau"][:n]):
             tau = [sum(t["tau"][i] for t in sel) / len(sel) for i in range(n)]
             ax2.plot(range(1, n + 1), tau, color=line.get_color(), label=name)
@@ -142,16 +147,19 @@ def plot(runs: list[dict[str, Any]], args, path: Path) -> None:
             hit = [sum(t["hit"][i] for t in sel) / len(sel) for i in range(n)]
             ax3.plot(range(1, n + 1), _smooth(hit, 10), color=line.get_color(), label=name)
     k = early_steps(args.steps)
-    for ax in (ax1, ax2, ax3):
+    for ax in (ax1, ax4, ax2, ax3):
         ax.axvline(k + 0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("GRPO step")
     ax1.set_ylabel("dead groups (acc. reward)")
     ax1.set_ylim(-0.02, 1.02)
+    ax4.set_ylabel("dead groups: all-hit (solid) / all-miss (dashed)")
+    ax4.set_ylim(-0.02, 1.02)
     ax2.set_ylabel("IoU threshold tau (mean over seeds)")
     ax3.set_ylabel("hit rate at the scoring tau")
     ax3.set_ylim(-0.02, 1.02)
     for ax in (ax1, ax2, ax3):
         ax.legend(fontsize=8)
+    ax4.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -39,17 +39,24 @@ def test_data_bench_prints_images_per_second(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_curriculum_bench_writes_a_row_per_schedule_and_seed(tmp_path: Path) -> None:
     _run(
-        tmp_path, "bench/curriculum.py", "--seeds", "0", "--schedules", "medloc", "fixed", "--steps", "3",
-        "--sft-steps", "10", "--n", "24", "--no-mlflow", "--work", str(tmp_path / "work"), "--tau0", "0.3",
+        tmp_path, "bench/curriculum.py", "--regime", "sparse", "--seeds", "0", "--schedules", "medloc", "fixed",
+        "medloc_spread", "--steps", "3", "--sft-steps", "10", "--n", "24", "--no-mlflow",
+        "--work", str(tmp_path / "work"), "--tau0", "0.3",
     )  # fmt: skip
-    with (tmp_path / "results" / "curriculum.csv").open() as fh:
+    with (tmp_path / "results" / "curriculum_sparse.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["schedule"], r["seed"], r["steps"]) for r in rows] == [
         ("medloc", "0", "3"),
         ("fixed", "0", "3"),
+        ("medloc_spread", "0", "3"),
     ]
     assert float(rows[0]["final_tau"]) == 0.3 and float(rows[1]["final_tau"]) == 0.5
-    assert (tmp_path / "results" / "curriculum.png").stat().st_size > 0
+    for row in rows:  # the dead groups split into all-hit and all-miss
+        dead, hit, miss = (float(row[k]) for k in ("dead_acc_early", "dead_hit_early", "dead_miss_early"))
+        assert abs(dead - hit - miss) < 1e-6
+    report = (tmp_path / "results" / "curriculum_sparse.md").read_text()
+    assert "regime `sparse`" in report and "| fixed | 0 | " in report  # the paired section, per seed
+    assert (tmp_path / "results" / "curriculum_sparse.png").stat().st_size > 0
 
 
 @pytest.mark.slow
