@@ -5,9 +5,9 @@
     .venv/bin/python bench/curriculum.py --seeds 0 --steps 20 --sft-steps 60 --n 120    # smoke run
 
 Regimes (:data:`REGIMES`): ``warm`` is the embedded recipe (its data, SFT hand-over at val A@0.5 >= 0.4 and GRPO
-settings); ``sparse`` is MedLoc-R1's regime: lesions at half size and an SFT stopped as soon as the val hit rate
-at IoU 0.2 reaches 0.1 (or after its 800 steps), so GRPO starts weak (test A@0.5 well under 15 %). Both have
-1600 images (~320 test).
+settings); ``sparse`` is MedLoc-R1's regime: lesions at half the area (linear scale 0.7) and an SFT (up to 1200
+steps, cosine) stopped at the first check where the val hit rate at IoU 0.5 reaches 0.05, so GRPO starts weak
+(test A@0.5 around 5-15 %). Both have 1600 images (~320 test).
 
 For every seed: build the tiny offline Qwen2.5-VL (init seed = seed), run ONE SFT warm-up on the train split,
 then run GRPO (the real TRL loop of ``medloc_core.training``) from that same checkpoint under each schedule:
@@ -55,10 +55,13 @@ from medloc_core.curriculum import SCHEDULE_NAMES as SCHEDULES
 #: Named regimes: the synthetic data (``common.synthetic_prepared`` arguments), overrides of the recipe's SFT
 #: hand-over, and the GRPO steps.
 REGIMES: dict[str, dict[str, Any]] = {
-    "warm": {"data": {"n": 1600, "target_scale": 1.0}, "sft": {}, "steps": 300},
+    "warm": {"data": {"n": 1600, "target_scale": 1.0}, "sft": {}, "sft_steps": None, "steps": 300},
+    # Half the lesion area (linear scale 0.7, ~20 px boxes in the 112-px frame). At linear scale 0.5 (~14 px,
+    # one 14-px patch) the stand-in's SFT learns nothing in 1500 steps (bench/README.md §2).
     "sparse": {
-        "data": {"n": 1600, "target_scale": 0.5},
-        "sft": {"sft_stop_iou": 0.2, "sft_stop_hit_rate": 0.1},
+        "data": {"n": 1600, "target_scale": 0.7},
+        "sft": {"sft_stop_iou": 0.5, "sft_stop_hit_rate": 0.05},
+        "sft_steps": 1200,
         "steps": 300,
     },
 }
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         "--dynamic-sampling", action="store_true", help="every schedule with dynamic sampling"
     )
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default: the regime's)")
-    parser.add_argument("--sft-steps", type=int, default=recipe["sft_warmup_steps"])
+    parser.add_argument("--sft-steps", type=int, default=None, help="SFT steps (default: the regime's)")
     parser.add_argument(
         "--prompts-per-step",
         type=int,
@@ -359,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     regime = REGIMES[args.regime]
     args.spread = {k: float(v) for k, v in (item.split("=", 1) for item in args.spread)}
     args.steps = regime["steps"] if args.steps is None else args.steps
+    if args.sft_steps is None:
+        args.sft_steps = regime["sft_steps"] or recipe["sft_warmup_steps"]
     args.n = regime["data"]["n"] if args.n is None else args.n
     args.target_scale = regime["data"]["target_scale"] if args.target_scale is None else args.target_scale
 

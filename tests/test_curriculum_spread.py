@@ -68,7 +68,7 @@ def test_tau_follows_the_reference_rule(cfg: SpreadConfig, seed: int) -> None:
 
 
 def test_tau_waits_for_a_full_window_and_never_lowers() -> None:
-    schedule = make_schedule("medloc_spread", window=3, tau0=0.2)
+    schedule = make_schedule("medloc_spread", window=3, tau0=0.2, target_hit_rate=0.5)
     assert isinstance(schedule, SpreadSchedule) and schedule.threshold == 0.2
     assert not schedule.observe([0.9] * 8) and not schedule.observe([0.9] * 8)  # window not full yet
     assert schedule.observe([0.9] * 8) and schedule.threshold == pytest.approx(0.25)
