@@ -29,6 +29,16 @@ def write_outputs(runs: list[dict[str, Any]], sft_evals: dict[int, dict[str, flo
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    # Everything the report is built from, per-image test IoUs included: `python bench/curriculum_report.py
+    # bench/results/<stem>_runs.json` rebuilds the tables and the plot.
+    keep = [{k: r[k] for k in ("summary", "traces", "eval")} for r in runs]
+    saved = {
+        "args": vars(args),
+        "note": note,
+        "runs": keep,
+        "sft_evals": {str(k): v for k, v in sft_evals.items()},
+    }
+    (out / f"{stem}_runs.json").write_text(json.dumps(saved, separators=(",", ":"), default=str) + "\n")
     traces = {f"{r['summary']['schedule']}/seed{r['summary']['seed']}": r["traces"] for r in runs}
     for key, tr in traces.items():
         traces[key] = {k: [None if v is None else round(float(v), 4) for v in vals] for k, vals in tr.items()}
@@ -36,7 +46,12 @@ def write_outputs(runs: list[dict[str, Any]], sft_evals: dict[int, dict[str, flo
     md = table_markdown(rows, sft_evals, args, note)
     new = next((n for n in dict.fromkeys(r["schedule"] for r in rows) if n.startswith("medloc_spread")), None)
     if new is not None:
-        md += "\n".join(paired_markdown(runs, new)) + "\n"
+        start = [
+            {"summary": {"schedule": "SFT start", "seed": seed, "dead_acc_early": float("nan")}, "eval": ev}
+            for seed, ev in sft_evals.items()
+            if "ious" in ev
+        ]
+        md += "\n".join(paired_markdown(runs + start, new)) + "\n"
     (out / f"{stem}.md").write_text(md)
     plot(runs, args, out / f"{stem}.png")
     return md
@@ -218,7 +233,7 @@ def paired_markdown(runs: list[dict[str, Any]], new: str) -> list[str]:
             gain = paired_gain(frame(a), frame(b), n_boot=1000, seed=seed)
             g05, g08 = gain["eval/gain/A@0.5"], gain["eval/gain/A@0.8"]
             da, db = a["summary"]["dead_acc_early"], b["summary"]["dead_acc_early"]
-            ratio = da / db if db > 0 else float("inf")
+            ratio = da / db if db > 0 else float("nan")
             d05.append(g05), d08.append(g08), ratios.append(ratio)
             lines.append(
                 f"| {other} | {seed} | {g05:+.1f} [{gain['eval/gain/A@0.5_ci_low']:+.1f}, "
@@ -236,9 +251,25 @@ def paired_markdown(runs: list[dict[str, Any]], new: str) -> list[str]:
             half = _t95(len(values)) * float(np.std(values, ddof=1)) / len(values) ** 0.5
             return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
 
-        finite = [r for r in ratios if np.isfinite(r)]
+        finite = [r for r in ratios if math.isfinite(r)]
         ratio_text = f"{np.mean(finite):.2f}" if finite else "n/a"
         summary.append(
             f"| {other} | {mean_ci(d05)} | {min(d05):+.1f} | {mean_ci(d08)} | {min(d08):+.1f} | {ratio_text} |"
         )
     return summary + lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rebuild ``<stem>.md``/``.csv``/``.png`` from a saved ``<stem>_runs.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("runs_json", type=Path)
+    saved = json.loads(parser.parse_args(argv).runs_json.read_text())
+    args = argparse.Namespace(**saved["args"])
+    sft_evals = {int(k): v for k, v in saved["sft_evals"].items()}
+    print(write_outputs(saved["runs"], sft_evals, args, saved["note"]))
+
+
+if __name__ == "__main__":
+    main()
