@@ -12,7 +12,7 @@ localizing. ``medloc_spread`` changes two things and keeps the rest (window of t
   follows the policy up, so it cannot settle at a loose τ, and it always rewards the best ~30 % of the boxes: a
   group of G = 16 is then all-hit or all-miss with probability 0.3^16 + 0.7^16 < 0.4 %.
 * **What a hit is worth.** The accuracy reward is ``1[IoU >= τ] + iou_weight * IoU`` (``rewards/grounding.py``,
-  ``spread_reward_values``; default weight 2): the IoU term keeps every group with different boxes alive and makes
+  ``make_spread_reward``; default weight 2): the IoU term keeps every group with different boxes alive and makes
   a tight box worth more than a loose one that clears the same bar; the bar adds a bonus where the policy's
   best boxes are.
 

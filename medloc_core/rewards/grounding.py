@@ -239,6 +239,43 @@ def _is_per_dataset(schedule: Any) -> bool:
     return bool(getattr(schedule, "per_dataset", False))
 
 
+def _hit(u: float, t: float, ge: bool) -> bool:
+    return u >= t if ge else u > t
+
+
+def _binary(u: float, t: float, ge: bool, w: float) -> float:
+    return 1.0 if _hit(u, t, ge) else 0.0
+
+
+def _thresholded_iou(u: float, t: float, ge: bool, w: float) -> float:
+    return u if _hit(u, t, ge) else 0.0
+
+
+def _hit_plus_iou(u: float, t: float, ge: bool, w: float) -> float:
+    return (1.0 if _hit(u, t, ge) else 0.0) + w * u
+
+
+# The accuracy reward of each thresholded schedule, per IoU ``u`` at threshold ``t`` (``w``: medloc_spread's IoU
+# weight); the binary hit for medloc, fixed and anything else.
+_SCORES = {"vtriune": _thresholded_iou, "medloc_spread": _hit_plus_iou}
+
+
+def _thresholded_reward(
+    schedule: Any, tracker: RewardTracker | None, name: str, parser: str, score: Any, weight: float = 0.0
+) -> RewardFunc:
+    _check_parser(parser, name)
+    per_dataset = _is_per_dataset(schedule)
+
+    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
+        taus = _thresholds(schedule, datasets, len(ious), name)
+        ge = getattr(schedule, "ge", True)
+        return [score(u, t, ge, weight) for u, t in zip(ious, taus)]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
 def make_iou_threshold_reward(
     schedule: Any,
     tracker: RewardTracker | None = None,
@@ -250,17 +287,7 @@ def make_iou_threshold_reward(
     tau is read from ``schedule.threshold`` at call time (or ``schedule.threshold_for(dataset)`` for a
     :class:`~medloc_core.curriculum.scheduler.PerDatasetSchedule`), so a raise applies to the next batch.
     """
-    _check_parser(parser, name)
-    per_dataset = _is_per_dataset(schedule)
-
-    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
-        taus = _thresholds(schedule, datasets, len(ious), name)
-        ge = getattr(schedule, "ge", True)
-        return [1.0 if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
-
-    reward.__name__ = reward.__qualname__ = name
-    return reward
+    return _thresholded_reward(schedule, tracker, name, parser, _binary)
 
 
 def make_raw_iou_reward(
@@ -285,27 +312,7 @@ def make_vtriune_reward(
 ) -> RewardFunc:
     """V-Triune's single-box detection reward (docs/method.md §5): ``IoU * 1[IoU >= eps_t]`` with eps_t from the
     schedule (normally a :class:`~medloc_core.curriculum.scheduler.VTriuneSchedule`)."""
-    _check_parser(parser, name)
-    per_dataset = _is_per_dataset(schedule)
-
-    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
-        taus = _thresholds(schedule, datasets, len(ious), name)
-        ge = getattr(schedule, "ge", True)
-        return [u if (u >= t if ge else u > t) else 0.0 for u, t in zip(ious, taus)]
-
-    reward.__name__ = reward.__qualname__ = name
-    return reward
-
-
-def spread_reward_values(
-    ious: Sequence[float], taus: Sequence[float] | float, iou_weight: float, ge: bool = True
-) -> np.ndarray:
-    """``medloc_spread``'s accuracy reward for each IoU at its tau: ``1[IoU >= tau] + iou_weight * IoU``."""
-    u = np.asarray(ious, dtype=np.float64)
-    t = np.broadcast_to(np.asarray(taus, dtype=np.float64), u.shape)
-    hits = u >= t if ge else u > t
-    return hits.astype(np.float64) + iou_weight * u
+    return _thresholded_reward(schedule, tracker, name, parser, _thresholded_iou)
 
 
 def make_spread_reward(
@@ -317,34 +324,20 @@ def make_spread_reward(
 ) -> RewardFunc:
     """``medloc_spread``'s accuracy reward (docs/curriculum.md): ``1[IoU >= tau] + iou_weight * IoU`` with tau
     read from the schedule at call time, so hits (and misses) still differ by how tight the box is."""
-    _check_parser(parser, name)
-    per_dataset = _is_per_dataset(schedule)
-
-    def reward(prompts: Any, completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ious, datasets = _score_ious(completions, kwargs, name, tracker, need_ds=per_dataset, parser=parser)
-        taus = _thresholds(schedule, datasets, len(ious), name)
-        ge = getattr(schedule, "ge", True)
-        return [float(v) for v in spread_reward_values(ious, taus, iou_weight, ge)]
-
-    reward.__name__ = reward.__qualname__ = name
-    return reward
+    return _thresholded_reward(schedule, tracker, name, parser, _hit_plus_iou, iou_weight)
 
 
 def accuracy_values(schedule: Any, ious: Sequence[float], taus: Sequence[float | None]) -> list[float]:
     """What the accuracy reward of ``schedule`` gives for each IoU at its threshold (the rewards above, without
     parsing): used to tell which groups have zero reward spread."""
     base = getattr(schedule, "name", "").split(":", 1)[-1]
-    ge = getattr(schedule, "ge", True)
     if base == "raw_iou":
         return [float(u) for u in ious]
     if any(t is None for t in taus):
         raise ValueError(f"accuracy_values: schedule {base!r} needs a threshold for every IoU")
-    if base == "medloc_spread":
-        return [float(v) for v in spread_reward_values(ious, taus, _iou_weight(schedule), ge)]
-    hits = [(u >= t if ge else u > t) for u, t in zip(ious, taus)]
-    if base == "vtriune":
-        return [float(u) if h else 0.0 for u, h in zip(ious, hits)]
-    return [1.0 if h else 0.0 for h in hits]
+    score, ge = _SCORES.get(base, _binary), getattr(schedule, "ge", True)
+    weight = _iou_weight(schedule) if base == "medloc_spread" else 0.0
+    return [score(float(u), float(t), ge, weight) for u, t in zip(ious, taus)]  # type: ignore[arg-type]
 
 
 def _iou_weight(schedule: Any) -> float:
