@@ -46,7 +46,7 @@ def tau_raises(history: Iterable[Mapping[str, Any]]) -> list[list[float]]:
     return raises
 
 
-def _sft_line(sft: Mapping[str, Any] | None) -> str:
+def sft_line(sft: Mapping[str, Any] | None) -> str:
     if not sft or not sft.get("steps"):
         return "SFT warm-up: none (GRPO started from the base model)"
     checks = sft.get("val_checks") or []
@@ -59,13 +59,18 @@ def _sft_line(sft: Mapping[str, Any] | None) -> str:
     return f"SFT warm-up: all {sft['steps']} steps{last}"
 
 
-def _tau_line(training: Mapping[str, Any]) -> str:
+def tau_line(training: Mapping[str, Any]) -> str:
     raises = training.get("tau_raises") or []
     head = f"GRPO: {training.get('steps', '?')} steps, {training.get('seconds_per_step', 0):.2f} s/step"
     if training.get("final_threshold") is None:
         return f"{head}; schedule {training.get('schedule')} (no IoU threshold)"
     if not raises:
         return f"{head}; τ stayed at {training['final_threshold']:.2f} (never raised)"
+    if len(raises) > 6:  # medloc_spread moves τ by small steps
+        return (
+            f"{head}; τ {raises[0][1]:.2f} → {training['final_threshold']:.2f} in {len(raises)} raises "
+            f"(after steps {raises[0][0]}–{raises[-1][0]})"
+        )
     path = f"{raises[0][1]:.2f}" + "".join(
         f" → {new if new is not None else training['final_threshold']:.2f} (after step {step})"
         for step, _, new in raises
@@ -91,7 +96,7 @@ def summary_lines(
     links: Sequence[str] = (),
 ) -> list[str]:
     """The closing summary, one string per log line (``links``: where to look, appended as they are)."""
-    lines = ["Summary of this run", _sft_line(training.get("sft")), _tau_line(training)]
+    lines = ["Summary of this run", sft_line(training.get("sft")), tau_line(training)]
     shown = [versus(metrics, base_metrics, name) for name in HEADLINE if f"eval/{name}" in metrics]
     if shown:
         lines.append("Test split, trained vs the SFT start (95 % bootstrap intervals; gain paired):")

@@ -68,6 +68,7 @@ class SpreadSchedule(OneThreshold):
     """
 
     name = "medloc_spread"
+    logs_each_raise = False  # τ moves by small steps most steps; the log shows it in the progress lines
 
     def __init__(self, config: SpreadConfig | None = None) -> None:
         self.config = config if config is not None else SpreadConfig()

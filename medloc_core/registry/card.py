@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medloc_core.run_summary import HEADLINE, summary_lines, versus
+from medloc_core.run_summary import HEADLINE, sft_line, tau_line, versus
 
 #: The card's first line: what follows it in a version's description is the card.
 CARD_HEADING = "## Model card"
@@ -48,7 +48,7 @@ def model_card(
 ) -> str:
     """The version's model card (Markdown). ``recipe``: the training settings worth naming (model, schedule,
     steps, group size, learning rate, ...); ``training``: the train step's summary (SFT handover, τ raises)."""
-    trace = summary_lines(training, {}, {}, {"registered": True, "version": "?"}, model_name="")[1:3]
+    trace = [sft_line(training.get("sft")), tau_line(training)]
     shown = [versus(metrics, base_metrics, name) for name in HEADLINE if f"eval/{name}" in metrics]
     recipe_lines = [f"- {key}: {value}" for key, value in recipe.items()]
     parts = [

@@ -28,6 +28,7 @@ _CURRICULUM_STATS = {
     "cond_reward": "curriculum/cond_reward",
     "cond_stability": "curriculum/cond_stability",
     "cond_margin": "curriculum/cond_margin",
+    "iou_quantile": "curriculum/iou_quantile",  # medloc_spread: where τ is heading
 }
 
 
@@ -216,7 +217,9 @@ class CurriculumCallback(_transformers_callback_base()):  # type: ignore[misc]
         self._t_last = now
         self.last_record = self.tracker.pop_step()
         metrics = self._curriculum_metrics(self.last_record)
-        if metrics["curriculum/raised"] and state.is_world_process_zero:
+        # medloc_spread moves τ by small steps most steps: its τ is in the progress lines, not a line per raise
+        each = getattr(self.schedule, "logs_each_raise", True)
+        if metrics["curriculum/raised"] and state.is_world_process_zero and each:
             self._log_raise(state.global_step, metrics)
         self._pending[state.global_step] = metrics
         if not control.should_log:  # logging_steps > 1: no TRL log this step; emit the curriculum part now
@@ -365,6 +368,9 @@ class ProgressLogCallback(_transformers_callback_base()):  # type: ignore[misc]
         seconds = time.perf_counter() - self._t0
         raises = [r["step"] for r in self.curriculum.history if r.get("curriculum/raised")]
         tau = self.curriculum._threshold()
+        when = ", ".join(map(str, raises)) or "none"
+        if len(raises) > 6:
+            when = f"{len(raises)} times, steps {raises[0]}–{raises[-1]}"
         logger.info(
             "GRPO: %d steps in %.0f s (%.2f s/step); τ %s → %s, raised after steps %s",
             done,
@@ -372,5 +378,5 @@ class ProgressLogCallback(_transformers_callback_base()):  # type: ignore[misc]
             seconds / done if done else 0.0,
             "—" if self._tau_start is None else f"{self._tau_start:.2f}",
             "—" if tau is None else f"{tau:.2f}",
-            ", ".join(map(str, raises)) or "none",
+            when,
         )
