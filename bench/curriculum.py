@@ -359,8 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sim-sigma0", type=float, default=0.5)
     parser.add_argument("--sim-lr", type=float, default=0.05)
     args = parser.parse_args(argv)
+    import yaml
+
     regime = REGIMES[args.regime]
-    args.spread = {k: float(v) for k, v in (item.split("=", 1) for item in args.spread)}
+    args.spread = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.spread)}
     args.steps = regime["steps"] if args.steps is None else args.steps
     if args.sft_steps is None:
         args.sft_steps = regime["sft_steps"] or recipe["sft_warmup_steps"]

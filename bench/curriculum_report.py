@@ -44,7 +44,12 @@ def write_outputs(runs: list[dict[str, Any]], sft_evals: dict[int, dict[str, flo
         traces[key] = {k: [None if v is None else round(float(v), 4) for v in vals] for k, vals in tr.items()}
     (out / f"{stem}_traces.json").write_text(json.dumps(traces, separators=(",", ":")) + "\n")
     md = table_markdown(rows, sft_evals, args, note)
-    new = next((n for n in dict.fromkeys(r["schedule"] for r in rows) if n.startswith("medloc_spread")), None)
+    names = list(dict.fromkeys(r["schedule"] for r in rows))
+    new = (
+        "medloc_spread"
+        if "medloc_spread" in names
+        else next((n for n in names if n.startswith("medloc_spread")), None)
+    )
     if new is not None:
         start = [
             {"summary": {"schedule": "SFT start", "seed": seed, "dead_acc_early": float("nan")}, "eval": ev}
@@ -260,15 +265,35 @@ def paired_markdown(runs: list[dict[str, Any]], new: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Rebuild ``<stem>.md``/``.csv``/``.png`` from a saved ``<stem>_runs.json``."""
+    """Rebuild ``<stem>.md``/``.csv``/``.png`` from saved ``<stem>_runs.json`` files. Several files are merged in
+    order (a later run of the same schedule and seed replaces an earlier one); ``--rename I:OLD=NEW`` renames
+    schedule OLD of the I-th file (0-based) first. Output names follow the first file's regime."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("runs_json", type=Path)
-    saved = json.loads(parser.parse_args(argv).runs_json.read_text())
-    args = argparse.Namespace(**saved["args"])
-    sft_evals = {int(k): v for k, v in saved["sft_evals"].items()}
-    print(write_outputs(saved["runs"], sft_evals, args, saved["note"]))
+    parser.add_argument("runs_json", type=Path, nargs="+")
+    parser.add_argument("--rename", action="append", default=[], metavar="I:OLD=NEW")
+    opts = parser.parse_args(argv)
+    renames: dict[int, dict[str, str]] = {}
+    for item in opts.rename:
+        index, pair = item.split(":", 1)
+        old, new = pair.split("=", 1)
+        renames.setdefault(int(index), {})[old] = new
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    first = None
+    for i, path in enumerate(opts.runs_json):
+        saved = json.loads(path.read_text())
+        first = first or saved
+        for run in saved["runs"]:
+            name = renames.get(i, {}).get(run["summary"]["schedule"], run["summary"]["schedule"])
+            run["summary"]["schedule"] = name
+            merged[(name, run["summary"]["seed"])] = run
+    args = argparse.Namespace(**first["args"])
+    sft_evals = {int(k): v for k, v in first["sft_evals"].items()}
+    note = first["note"] + (
+        f" Merged from {len(opts.runs_json)} runs files." if len(opts.runs_json) > 1 else ""
+    )
+    print(write_outputs(list(merged.values()), sft_evals, args, note))
 
 
 if __name__ == "__main__":

@@ -132,6 +132,11 @@ def test_reward_is_the_hit_plus_weighted_iou_at_the_current_tau() -> None:
     assert tracker.pop_step().ious == pytest.approx([1.0, 0.5, 0.4, 0.0])
     assert accuracy_values(schedule, [1.0, 0.5, 0.4, 0.0], [0.5] * 4) == pytest.approx(values)
 
+    gated = schedule_for("medloc_spread", spread=SpreadConfig(tau0=0.5, iou_weight=0.5, gate_iou=True))
+    values = make_reward_for_schedule(gated)(None, answers, bbox=[[0, 0, 10, 10]] * 4)
+    assert values == pytest.approx([1.5, 1.25, 0.0, 0.0])  # a box below the bar earns nothing
+    assert accuracy_values(gated, [1.0, 0.5, 0.4, 0.0], [0.5] * 4) == pytest.approx(values)
+
 
 def test_all_hit_groups_with_different_boxes_are_alive_under_the_graded_reward() -> None:
     from medloc_core.training.callbacks import dead_group_split

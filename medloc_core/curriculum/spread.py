@@ -38,7 +38,8 @@ class SpreadConfig(BaseModel):
     tau0, tau_target: τ starts at tau0 and never exceeds tau_target. window: N, steps of IoUs in the window; τ
     moves once the window is full. target_hit_rate: the window hit rate τ is placed at (τ follows the window's
     IoU quantile at 1 - target_hit_rate). max_raise: the most τ moves up in one step. iou_weight: weight of the
-    IoU term of the reward. ge: a hit is IoU >= τ (False: IoU > τ).
+    IoU term of the reward. gate_iou: the IoU term counts for hits only, ``1[IoU >= τ] * (1 + iou_weight * IoU)``, so a
+    loose box below the bar earns nothing. ge: a hit is IoU >= τ (False: IoU > τ).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,6 +50,7 @@ class SpreadConfig(BaseModel):
     target_hit_rate: float = Field(default=0.3, gt=0.0, lt=1.0)
     max_raise: float = Field(default=0.05, gt=0.0, le=1.0)
     iou_weight: float = Field(default=2.0, ge=0.0)
+    gate_iou: bool = False
     ge: bool = True
 
     @model_validator(mode="after")
@@ -73,7 +75,6 @@ class SpreadSchedule(OneThreshold):
     def __init__(self, config: SpreadConfig | None = None) -> None:
         self.config = config if config is not None else SpreadConfig()
         self.ge = self.config.ge
-        self.iou_weight = self.config.iou_weight
         self._tau = float(self.config.tau0)
         self._window: list[np.ndarray] = []
         self._num_raises = 0

@@ -255,9 +255,13 @@ def _hit_plus_iou(u: float, t: float, ge: bool, w: float) -> float:
     return (1.0 if _hit(u, t, ge) else 0.0) + w * u
 
 
+def _gated_hit_plus_iou(u: float, t: float, ge: bool, w: float) -> float:
+    return 1.0 + w * u if _hit(u, t, ge) else 0.0
+
+
 # The accuracy reward of each thresholded schedule, per IoU ``u`` at threshold ``t`` (``w``: medloc_spread's IoU
-# weight); the binary hit for medloc, fixed and anything else.
-_SCORES = {"vtriune": _thresholded_iou, "medloc_spread": _hit_plus_iou}
+# weight, whose score comes from its config: _spread_score); the binary hit for medloc, fixed and anything else.
+_SCORES = {"vtriune": _thresholded_iou}
 
 
 def _thresholded_reward(
@@ -317,14 +321,15 @@ def make_vtriune_reward(
 
 def make_spread_reward(
     schedule: Any,
-    iou_weight: float,
     tracker: RewardTracker | None = None,
     name: str = "spread_iou_reward",
     parser: str = DEFAULT_REWARD_PARSER,
 ) -> RewardFunc:
-    """``medloc_spread``'s accuracy reward (docs/curriculum.md): ``1[IoU >= tau] + iou_weight * IoU`` with tau
-    read from the schedule at call time, so hits (and misses) still differ by how tight the box is."""
-    return _thresholded_reward(schedule, tracker, name, parser, _hit_plus_iou, iou_weight)
+    """``medloc_spread``'s accuracy reward (docs/curriculum.md) with tau read from the schedule at call time:
+    ``1[IoU >= tau] + w * IoU``, or with ``gate_iou`` ``1[IoU >= tau] * (1 + w * IoU)`` (w: ``iou_weight``), so
+    hits still differ by how tight the box is."""
+    score, weight = _spread_score(schedule)
+    return _thresholded_reward(schedule, tracker, name, parser, score, weight)
 
 
 def accuracy_values(schedule: Any, ious: Sequence[float], taus: Sequence[float | None]) -> list[float]:
@@ -335,14 +340,16 @@ def accuracy_values(schedule: Any, ious: Sequence[float], taus: Sequence[float |
         return [float(u) for u in ious]
     if any(t is None for t in taus):
         raise ValueError(f"accuracy_values: schedule {base!r} needs a threshold for every IoU")
-    score, ge = _SCORES.get(base, _binary), getattr(schedule, "ge", True)
-    weight = _iou_weight(schedule) if base == "medloc_spread" else 0.0
+    score, weight = _spread_score(schedule) if base == "medloc_spread" else (_SCORES.get(base, _binary), 0.0)
+    ge = getattr(schedule, "ge", True)
     return [score(float(u), float(t), ge, weight) for u, t in zip(ious, taus)]  # type: ignore[arg-type]
 
 
-def _iou_weight(schedule: Any) -> float:
+def _spread_score(schedule: Any) -> tuple[Any, float]:
+    """``medloc_spread``'s per-IoU score and its IoU weight, from the schedule's config."""
     inner = next(iter(schedule.schedules.values())) if _is_per_dataset(schedule) else schedule
-    return float(inner.iou_weight)
+    config = inner.config
+    return (_gated_hit_plus_iou if config.gate_iou else _hit_plus_iou), float(config.iou_weight)
 
 
 def make_reward_for_schedule(
@@ -356,7 +363,7 @@ def make_reward_for_schedule(
     if base == "raw_iou":
         return make_raw_iou_reward(tracker, parser=parser)
     if base == "medloc_spread":
-        return make_spread_reward(schedule, _iou_weight(schedule), tracker, parser=parser)
+        return make_spread_reward(schedule, tracker, parser=parser)
     if base == "vtriune":
         return make_vtriune_reward(schedule, tracker, parser=parser)
     return make_iou_threshold_reward(schedule, tracker, parser=parser)
