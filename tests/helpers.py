@@ -165,7 +165,9 @@ def shrunken_config(tmp_path: Path) -> Path:
     params["training"].update(
         max_steps=MAX_STEPS, sft_warmup_steps=120, save_steps=2, log_completions_every=2
     )
-    params["training"]["curriculum"]["window"] = 2
+    training = params["training"]
+    block = "spread" if training["schedule"] == "medloc_spread" else "curriculum"  # the schedule's own block
+    training[block]["window"] = 2
     params["evaluation"]["n_boot"] = 100
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

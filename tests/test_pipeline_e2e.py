@@ -106,14 +106,19 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
 
     history = client.get_metric_history(run.info.run_id, "curriculum/threshold")
     assert sorted(m.step for m in history) == list(range(1, MAX_STEPS + 1))
-    curriculum = yaml.safe_load(config.read_text())["parameters"]["training"]["curriculum"]
-    assert all(curriculum["tau0"] <= m.value <= curriculum["tau_target"] for m in history)
+    training = yaml.safe_load(config.read_text())["parameters"]["training"]
+    schedule = training["schedule"]
+    block = training["spread" if schedule == "medloc_spread" else "curriculum"]
+    assert all(block["tau0"] <= m.value <= block.get("tau_target", 0.8) for m in history)
+    # the schedule's window statistics: MedLoc-R1's readiness bars, or where medloc_spread's τ is heading
+    own = ("curriculum/iou_quantile",) if schedule == "medloc_spread" else ("curriculum/required_hit_rate",)
     for key in (
         "train/frac_reward_zero_std",
+        "train/dead_all_hit",
+        "train/dead_all_miss",
         "curriculum/hit_rate",
         "curriculum/raised",
-        "curriculum/required_hit_rate",
-        "curriculum/max_reward_std",
+        *own,
     ):
         assert len(client.get_metric_history(run.info.run_id, key)) == MAX_STEPS, key
     assert len(client.get_metric_history(run.info.run_id, "sft/loss")) == 120
@@ -127,12 +132,15 @@ def test_zenml_pipeline_run_medloc_training_end_to_end(tmp_path: Path) -> None:
         "eval/gain/A_at_0.5_ci_low",
     ):
         assert key in run.data.metrics, key
-    assert run.data.params["training.schedule"] == "medloc"
+    assert run.data.params["training.schedule"] == schedule
     assert run.data.params["data.manifest_hash"]
     # the resolved config: defaults that the YAML never states are logged too
     params = run.data.params
     assert params["training.reward_parser"] == "vlmr1" and params["training.top_k"] == "0"
-    assert params["training.curriculum.refresh_fraction"] == "0.5"
+    assert (
+        params["training.curriculum.refresh_fraction"] == "0.5"
+    )  # the paper's rule's defaults, always logged
+    assert params["training.spread.max_raise"] == "0.05"
     assert params["evaluation.batch_size"] == "8" and params["registration.require_beats_base"] == "True"
     assert "preprocessing.split_fractions" in params and "data.max_quarantine_fraction" in params
     # the datasets, one input per split
