@@ -17,13 +17,24 @@ from steps.mlflow_run import pipeline_mlflow_run, run_folder
 
 logger = logging.getLogger(__name__)
 
+#: The settings of each threshold schedule named on the model card (after its ``schedule``).
+SCHEDULE_KEYS = {
+    "medloc": ("curriculum.tau0", "curriculum.tau_target", "curriculum.window"),
+    "medloc_spread": (
+        "spread.tau0",
+        "spread.tau_target",
+        "spread.window",
+        "spread.target_hit_rate",
+        "spread.iou_weight",
+    ),
+    "fixed": ("fixed_tau",),
+}
+
 #: Training settings named on the model card (``training.<key>`` params of the pipeline run).
 RECIPE_KEYS = (
     "model_name_or_path",
     "adapter",
     "schedule",
-    "curriculum.tau0",
-    "curriculum.tau_target",
     "sft_warmup_steps",
     "max_steps",
     "num_generations",
@@ -83,7 +94,9 @@ def register_model(
             metrics=metrics,
             base_metrics=base_metrics,
             manifest=manifest,
-            recipe={key: params[f"training.{key}"] for key in RECIPE_KEYS if f"training.{key}" in params},
+            recipe={
+                key: params[f"training.{key}"] for key in _card_keys(params) if f"training.{key}" in params
+            },
             run_id=run.info.run_id,
         )
         write_model_card(mlflow.MlflowClient(), MODEL_NAME, result["version"], card)
@@ -94,6 +107,13 @@ def register_model(
         logger.info(line)
     plots = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="plots"))
     return result, HTMLString(html_report(lines, card, sorted(plots.glob("*.png"))))
+
+
+def _card_keys(params: dict[str, str]) -> tuple[str, ...]:
+    """RECIPE_KEYS with the run's schedule's own settings after ``schedule``."""
+    own = SCHEDULE_KEYS.get(params.get("training.schedule", ""), ())
+    at = RECIPE_KEYS.index("schedule") + 1
+    return RECIPE_KEYS[:at] + own + RECIPE_KEYS[at:]
 
 
 def _links(run: Any) -> list[str]:

@@ -102,7 +102,7 @@ def test_the_run_config_is_validated_once_from_yaml_to_the_trainer(tmp_path) -> 
     train_config = config.model_copy(update={**frame, **small})  # what steps/train.py does with the manifest
     session = prepare_training(make_prepared(tmp_path / "img", n=8), train_config, tmp_path / "out")
     assert session.config is train_config
-    assert session.schedule.config is config.curriculum  # the parsed curriculum is the one that runs
+    assert session.schedule.config is config.spread  # the parsed schedule block is the one that runs
     assert TrainingConfig.validations == before + 1
     assert TrainingConfig.model_validate_json(train_config.model_dump_json()) == train_config
 
