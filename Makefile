@@ -66,7 +66,8 @@ format: setup
 bench: setup
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/curriculum.py
+	$(BIN)/python bench/curriculum.py --regime warm
+	$(BIN)/python bench/curriculum.py --regime sparse
 
 clean:
 	rm -rf .medloc .zen
