@@ -368,11 +368,11 @@ class ProgressLogCallback(_transformers_callback_base()):  # type: ignore[misc]
         seconds = time.perf_counter() - self._t0
         raises = [r["step"] for r in self.curriculum.history if r.get("curriculum/raised")]
         tau = self.curriculum._threshold()
-        when = ", ".join(map(str, raises)) or "none"
+        when = f"after steps {', '.join(map(str, raises))}" if raises else "never"
         if len(raises) > 6:
-            when = f"{len(raises)} times, steps {raises[0]}–{raises[-1]}"
+            when = f"{len(raises)} times (after steps {raises[0]}–{raises[-1]})"
         logger.info(
-            "GRPO: %d steps in %.0f s (%.2f s/step); τ %s → %s, raised after steps %s",
+            "GRPO: %d steps in %.0f s (%.2f s/step); τ %s → %s, raised %s",
             done,
             seconds,
             seconds / done if done else 0.0,
