@@ -78,7 +78,7 @@ def train_model(
         "Training finished: %d GRPO steps at %.2f s/step, final τ %s, peak RSS %.0f MB; model in %s",
         summary["steps"],
         summary["seconds_per_step"],
-        summary["final_threshold"],
+        "none" if summary["final_threshold"] is None else f"{summary['final_threshold']:.2f}",
         summary["peak_rss_mb"],
         result["model_dir"],
     )
