@@ -28,14 +28,14 @@ def test_dead_groups_split_into_all_hit_and_all_miss_at_the_step_threshold() -> 
     assert split == {"train/dead_all_hit": 0.5, "train/dead_all_miss": 0.5}  # each group at its dataset's τ
 
 
-def test_each_raise_is_one_log_line_with_the_window_that_decided_it(caplog) -> None:
+def _steps_of_good_boxes(schedule, steps: int, caplog) -> tuple[object, list[str]]:
+    """Run the curriculum callback for ``steps`` steps of IoU 0.9 (4 completions, groups of 2); returns the
+    callback and its "τ raised" log lines."""
     import logging
     from types import SimpleNamespace
 
-    from medloc_core.curriculum import make_schedule
     from medloc_core.training.callbacks import CurriculumCallback
 
-    schedule = make_schedule("medloc", tau0=0.2, window=2)
     record = SimpleNamespace(ious=[0.9] * 4, datasets=["d"] * 4, parse_failures=0, completions=4, texts=[])
     tracker = SimpleNamespace(pop_step=lambda: record)
     callback = CurriculumCallback(
@@ -44,10 +44,17 @@ def test_each_raise_is_one_log_line_with_the_window_that_decided_it(caplog) -> N
     state = SimpleNamespace(global_step=0, is_world_process_zero=True)
     control = SimpleNamespace(should_log=False)
     with caplog.at_level(logging.INFO, logger="medloc_core.training.callbacks"):
-        for step in (1, 2):
+        for step in range(1, steps + 1):
             state.global_step = step
             callback.on_step_end(None, state, control)
-    raises = [r.getMessage() for r in caplog.records if r.getMessage().startswith("τ raised")]
+    return callback, [r.getMessage() for r in caplog.records if r.getMessage().startswith("τ raised")]
+
+
+def test_each_raise_is_one_log_line_with_the_window_that_decided_it(caplog) -> None:
+    from medloc_core.curriculum import make_schedule
+
+    schedule = make_schedule("medloc", tau0=0.2, window=2)
+    _, raises = _steps_of_good_boxes(schedule, 2, caplog)
     assert len(raises) == 1 == int(schedule.stats["num_raises"]), raises
     assert raises[0].startswith(
         f"τ raised 0.20 → {schedule.threshold:.2f} after step 2: window hit rate 1.00"
@@ -55,26 +62,12 @@ def test_each_raise_is_one_log_line_with_the_window_that_decided_it(caplog) -> N
 
 
 def test_medloc_spread_raises_are_traced_per_step_but_not_logged_one_line_each(caplog) -> None:
-    import logging
-    from types import SimpleNamespace
-
     from medloc_core.curriculum import make_schedule
     from medloc_core.run_summary import tau_line, tau_raises
-    from medloc_core.training.callbacks import CurriculumCallback
 
     schedule = make_schedule("medloc_spread", tau0=0.2, window=1)
-    record = SimpleNamespace(ious=[0.9] * 4, datasets=["d"] * 4, parse_failures=0, completions=4, texts=[])
-    tracker = SimpleNamespace(pop_step=lambda: record)
-    callback = CurriculumCallback(
-        schedule, tracker, num_generations=2, metrics_sink=None, history_path=None, reward_names=[]
-    )
-    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
-    control = SimpleNamespace(should_log=False)
-    with caplog.at_level(logging.INFO, logger="medloc_core.training.callbacks"):
-        for step in range(1, 11):
-            state.global_step = step
-            callback.on_step_end(None, state, control)
-    assert not [r for r in caplog.records if r.getMessage().startswith("τ raised")]
+    callback, raises = _steps_of_good_boxes(schedule, 10, caplog)
+    assert not raises
     rows = callback.history
     assert [r["curriculum/raised"] for r in rows] == [1.0] * 10  # +0.05 a step, towards the window's 0.9
     assert rows[-1]["curriculum/iou_quantile"] == 0.9 and schedule.threshold == 0.7
