@@ -52,8 +52,13 @@ class OneThreshold:
         return self.threshold  # type: ignore[attr-defined]
 
     @property
+    def stats(self) -> dict[str, Any]:
+        """Statistics of the last ``observe`` (a copy of the schedule's ``_stats``)."""
+        return dict(self._stats)  # type: ignore[attr-defined]
+
+    @property
     def num_raises(self) -> int:
-        return int(self.stats.get("num_raises", 0))  # type: ignore[attr-defined]
+        return int(self.stats.get("num_raises", 0))
 
 
 def is_list(x: Any) -> bool:

@@ -37,11 +37,6 @@ class FixedSchedule(OneThreshold):
         """The constant IoU threshold."""
         return self.tau
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Statistics of the last step."""
-        return dict(self._stats)
-
     def observe(self, ious: Any, step: int | None = None) -> bool:
         """Record the step's hit rate; never changes the threshold (returns False)."""
         flat = entries_from(ious, "step", "FixedSchedule.observe")[0]
@@ -79,11 +74,6 @@ class RawIoUSchedule(OneThreshold):
     def threshold(self) -> None:
         """Always None (no threshold)."""
         return None
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Statistics of the last step."""
-        return dict(self._stats)
 
     def observe(self, ious: Any, step: int | None = None) -> bool:
         """Record the step's mean IoU; returns False."""
@@ -149,11 +139,6 @@ class VTriuneSchedule(OneThreshold):
             if progress <= bound:
                 return eps
         return self.thresholds[-1][1]
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Statistics of the last step."""
-        return dict(self._stats)
 
     def observe(self, ious: Any, step: int | None = None) -> bool:
         """Record the step's hit rate and advance the step; True when eps changed."""

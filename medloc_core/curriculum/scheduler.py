@@ -73,11 +73,6 @@ class CurriculumScheduler(OneThreshold):
         return self._tau >= self.config.tau_target - TOL
 
     @property
-    def stats(self) -> dict[str, Any]:
-        """Statistics of the last :meth:`observe` (a copy)."""
-        return dict(self._stats)
-
-    @property
     def window_size(self) -> int:
         """Number of entries currently in the window."""
         return len(self._window)

@@ -85,11 +85,6 @@ class SpreadSchedule(OneThreshold):
         """Current τ, in [tau0, tau_target]."""
         return self._tau
 
-    @property
-    def stats(self) -> dict[str, Any]:
-        """Statistics of the last :meth:`observe` (a copy)."""
-        return dict(self._stats)
-
     def observe(self, ious: Any, step: int | None = None) -> bool:
         """Feed one step's IoUs (a flat list, or one list per group); returns True when τ was raised."""
         cfg = self.config

@@ -36,8 +36,9 @@ def medloc_grpo_trainer(
     """A :class:`MedLocGRPOTrainer` (TRL's ``GRPOTrainer`` arguments in ``kwargs``) with its MedLoc collaborators:
     the ``adapter`` kind, the ``base_model`` an MLAE adapter is saved against, and the ``curriculum_callback``
     whose state completes every checkpoint. ``dynamic_sampling_draws`` > 1 turns on dynamic sampling with at
-    most that many scored draws per generation batch (``training/dynamic_sampling.py``). ``progress``: about :data:`PROGRESS_LINES` progress lines in the log
-    instead of transformers' progress bar and per-step dicts (off: neither). The class is built on first use:
+    most that many scored draws per generation batch (``training/dynamic_sampling.py``). ``progress``: about
+    :data:`PROGRESS_LINES` progress lines in the log instead of transformers' progress bar and per-step dicts
+    (off: neither). The class is built on first use:
     importing TRL costs seconds."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
